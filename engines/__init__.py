@@ -1,0 +1,1 @@
+"""The Tiramisu person-segmentation network: model, backends, training and evaluation."""

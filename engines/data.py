@@ -1,0 +1,246 @@
+"""Datasets and augmentation for person segmentation.
+
+    python -c "from engines.data import load_portraits; print(load_portraits('../shared/data/portraits', 'test', (256, 192))[0].shape)"
+
+- `load_portraits`: a portrait folder (`images/NAME.jpg`, `masks/NAME.png`, `train.txt`,
+  `test.txt`) loaded whole into uint8 tensors at one size.
+- `coco_person_subset`: the seed article's COCO filter (1–2 people covering 20–70 % of the
+  image), read with pycocotools from a local COCO copy.
+- `augment`: batch augmentation in torch, aimed at the seed's failure cases: poor and uneven
+  light, blur and noise, dark clothes, scale and position, flips, and people pasted onto
+  other backgrounds. It runs on whatever device the batch is on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+def read_split(root: Path | str, split: str) -> list[str]:
+    """Names listed in `root/split.txt`, one per line, without extension."""
+    path = Path(root) / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no split list {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_rgb(path: Path | str) -> np.ndarray:
+    """An image file as H×W×3 uint8 RGB (greyscale files are expanded)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """A mask file as H×W bool (person where the pixel is above half intensity)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise FileNotFoundError(f"cannot read mask {path}")
+    return mask > 127
+
+
+def load_portraits(
+    root: Path | str, split: str, size: tuple[int, int], names: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images N×3×H×W uint8 and masks N×1×H×W uint8 (0 or 255) resized to `size` (H, W)."""
+    root = Path(root)
+    names = read_split(root, split) if names is None else names
+    height, width = size
+    images = np.empty((len(names), height, width, 3), np.uint8)
+    masks = np.empty((len(names), height, width), np.uint8)
+    for i, name in enumerate(names):
+        images[i] = cv2.resize(read_rgb(root / "images" / f"{name}.jpg"), (width, height), interpolation=cv2.INTER_AREA)
+        mask = read_mask(root / "masks" / f"{name}.png").astype(np.uint8) * 255
+        masks[i] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+
+
+@dataclass(frozen=True)
+class CocoPersonFilter:
+    """The seed article's selection: few people, each image mostly but not only person."""
+
+    min_people: int = 1
+    max_people: int = 2
+    min_coverage: float = 0.20
+    max_coverage: float = 0.70
+
+
+def coco_person_subset(annotation_file: Path | str, rules: CocoPersonFilter = CocoPersonFilter()) -> list[dict]:
+    """Images of a COCO annotation file that pass `rules`, each with its union person mask.
+
+    Returns dicts with `file_name`, `id`, `coverage` and `mask` (H×W bool). Crowd
+    annotations disqualify an image, since their people cannot be counted.
+    """
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(annotation_file))
+    person = coco.getCatIds(catNms=["person"])
+    selected = []
+    for image_id in sorted(coco.getImgIds(catIds=person)):
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id, catIds=person, iscrowd=None))
+        if any(a.get("iscrowd", 0) for a in annotations):
+            continue
+        if not rules.min_people <= len(annotations) <= rules.max_people:
+            continue
+        info = coco.loadImgs(image_id)[0]
+        mask = np.zeros((info["height"], info["width"]), bool)
+        for annotation in annotations:
+            mask |= coco.annToMask(annotation).astype(bool)
+        coverage = float(mask.mean())
+        if rules.min_coverage <= coverage <= rules.max_coverage:
+            selected.append({"id": image_id, "file_name": info["file_name"], "coverage": coverage, "mask": mask})
+    return selected
+
+
+def load_coco_persons(
+    annotation_file: Path | str, image_dir: Path | str, size: tuple[int, int], rules: CocoPersonFilter = CocoPersonFilter()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The filtered COCO people as the same tensors `load_portraits` returns."""
+    height, width = size
+    subset = coco_person_subset(annotation_file, rules)
+    images = np.empty((len(subset), height, width, 3), np.uint8)
+    masks = np.empty((len(subset), height, width), np.uint8)
+    for i, item in enumerate(subset):
+        images[i] = cv2.resize(read_rgb(Path(image_dir) / item["file_name"]), (width, height), interpolation=cv2.INTER_AREA)
+        masks[i] = cv2.resize(item["mask"].astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+
+
+def _smooth_noise(n: int, size: tuple[int, int], cells: int, generator: torch.Generator, device) -> torch.Tensor:
+    """N×3×H×W random colour fields with structure at about `cells` per side."""
+    low = torch.rand(n, 3, cells, cells, generator=generator, device=device)
+    return F.interpolate(low, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def synthetic_backgrounds(n: int, size: tuple[int, int], generator: torch.Generator, device="cpu") -> torch.Tensor:
+    """Backgrounds with no person in them: colour fields at mixed scales plus straight edges."""
+    coarse = _smooth_noise(n, size, 3, generator, device)
+    fine = _smooth_noise(n, size, 24, generator, device)
+    fine = fine.mean(dim=1, keepdim=True) * 0.7 + fine * 0.3  # mostly texture, little colour
+    mix = torch.rand(n, 1, 1, 1, generator=generator, device=device)
+    background = coarse * (1 - 0.5 * mix) + fine * 0.5 * mix
+    # A few hard vertical and horizontal edges, like door frames, shelves and windows.
+    height, width = size
+    ys = torch.arange(height, device=device).view(1, 1, height, 1)
+    xs = torch.arange(width, device=device).view(1, 1, 1, width)
+    for _ in range(2):
+        x0 = torch.randint(0, width, (n, 1, 1, 1), generator=generator, device=device)
+        y0 = torch.randint(0, height, (n, 1, 1, 1), generator=generator, device=device)
+        band = ((xs > x0) & (ys > y0)).float()
+        shade = torch.rand(n, 3, 1, 1, generator=generator, device=device)
+        background = background * (1 - 0.5 * band) + 0.5 * band * shade
+    return background
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian blur (sigma in pixels, one per image; 0 leaves the image)."""
+    radius = 4
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernels = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+    kernels = kernels / kernels.sum(1, keepdim=True)
+    n, c, h, w = images.shape
+    flat = images.reshape(1, n * c, h, w)
+    k = kernels.repeat_interleave(c, 0)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), k.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), k.view(n * c, 1, -1, 1), groups=n * c)
+    return flat.view(n, c, h, w)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    scale: tuple[float, float] = (0.7, 1.3)  # <1 zooms out (person smaller)
+    shift: float = 0.2  # fraction of the frame
+    rotate_degrees: float = 12.0
+    paste: float = 0.4  # chance to put the person on a synthetic background
+    blur: float = 0.25
+    noise: float = 0.3
+    uneven_light: float = 0.4
+    dark_clothes: float = 0.2
+
+
+def augment(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    out_size: tuple[int, int],
+    generator: torch.Generator,
+    settings: AugmentSettings = AugmentSettings(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch: uint8 N×3×H×W images and N×1×H×W masks in, float [0, 1] out at `out_size`.
+
+    Output size may have another aspect than the input (landscape crops of portrait photos):
+    the area outside the photo is filled with a synthetic background and labelled background.
+    """
+    device = images.device
+    n = images.shape[0]
+    image = images.float() / 255
+    mask = masks.float() / 255
+    out_h, out_w = out_size
+    in_h, in_w = images.shape[-2:]
+
+    def uniform(low: float, high: float, shape=(n,)) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator, device=device)
+
+    def chance(p: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator, device=device) < p).float().view(n, 1, 1, 1)
+
+    # Geometry: the output frame sees the photo scaled by `scale`, keeping its aspect.
+    scale = uniform(*settings.scale)
+    angle = uniform(-settings.rotate_degrees, settings.rotate_degrees) * math.pi / 180
+    flip = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    # Work in units of half the frame height so that rotation keeps shapes; at scale 1 the
+    # photo's height fills the frame's height, and zooming out keeps its bottom edge down.
+    out_aspect, in_aspect = out_w / out_h, in_w / in_h
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = cos * flip * out_aspect / in_aspect / scale
+    theta[:, 0, 1] = -sin / in_aspect / scale
+    theta[:, 1, 0] = sin * flip * out_aspect / scale
+    theta[:, 1, 1] = cos / scale
+    theta[:, 0, 2] = uniform(-settings.shift, settings.shift) * 2
+    theta[:, 1, 2] = (1 - 1 / scale).clamp(max=0) + uniform(-settings.shift, settings.shift)
+    grid = F.affine_grid(theta, [n, 3, out_h, out_w], align_corners=False)
+    inside = F.grid_sample(torch.ones_like(mask), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mask = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    # Backgrounds: outside the photo always, and behind the person by chance.
+    background = synthetic_backgrounds(n, out_size, generator, device)
+    paste = chance(settings.paste)
+    keep = inside * (1 - paste) + paste * mask
+    image = image * keep + background * (1 - keep)
+
+    # Dark clothes: darken the person below the upper third of its extent.
+    ys = torch.linspace(0, 1, out_h, device=device).view(1, 1, out_h, 1)
+    top = (mask.amax(dim=3, keepdim=True) > 0.5).float()
+    first_row = (top * (1 - ys)).amax(dim=2, keepdim=True)
+    below_face = (ys > (1 - first_row) + 0.25).float()
+    darken = chance(settings.dark_clothes) * mask * below_face
+    image = image * (1 - darken * uniform(0.5, 0.9).view(n, 1, 1, 1))
+
+    # Light: exposure, contrast, gamma, saturation, colour cast, uneven light.
+    image = image * uniform(0.5, 1.4).view(n, 1, 1, 1)
+    grey = image.mean(dim=1, keepdim=True)
+    image = grey + (image - grey) * uniform(0.5, 1.4).view(n, 1, 1, 1)
+    mean = image.mean(dim=(1, 2, 3), keepdim=True)
+    image = mean + (image - mean) * uniform(0.6, 1.3).view(n, 1, 1, 1)
+    image = image * uniform(0.85, 1.15, (n, 3)).view(n, 3, 1, 1)
+    image = image.clamp(0, 1) ** uniform(0.7, 1.5).view(n, 1, 1, 1)
+    xs = torch.linspace(-1, 1, out_w, device=device).view(1, 1, 1, out_w)
+    direction = uniform(0, 2 * math.pi)
+    ramp = torch.cos(direction).view(n, 1, 1, 1) * xs + torch.sin(direction).view(n, 1, 1, 1) * (ys * 2 - 1)
+    uneven = 1 + chance(settings.uneven_light) * uniform(0.2, 0.6).view(n, 1, 1, 1) * ramp
+    image = image * uneven
+
+    # Camera: blur and sensor noise.
+    sigma = chance(settings.blur).view(n) * uniform(0.5, 2.0)
+    image = _blur(image, sigma)
+    noise_level = chance(settings.noise) * uniform(0.01, 0.06).view(n, 1, 1, 1)
+    image = image + noise_level * torch.randn(image.shape, generator=generator, device=device)
+    return image.clamp(0, 1), (mask > 0.5).float()

@@ -1,0 +1,41 @@
+"""Segmentation metrics: foreground IoU and boundary F-score, on boolean masks."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+
+def batch_iou(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-image foreground IoU in percent of N×… boolean tensors (100 when both are empty)."""
+    predicted, truth = predicted.flatten(1), truth.flatten(1)
+    intersection = (predicted & truth).sum(1).float()
+    union = (predicted | truth).sum(1).float()
+    return torch.where(union > 0, 100 * intersection / union.clamp(min=1), torch.full_like(union, 100.0))
+
+
+def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground IoU in percent of two H×W boolean masks."""
+    return float(batch_iou(torch.from_numpy(predicted[None]), torch.from_numpy(truth[None]))[0])
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    m = mask.astype(np.uint8)
+    return (m - cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
+
+
+def boundary_f(predicted: np.ndarray, truth: np.ndarray, tolerance: int = 3) -> float:
+    """F-score in percent of the predicted edge against the true edge, within `tolerance` pixels."""
+    predicted_edge, true_edge = _edges(predicted), _edges(truth)
+    if not predicted_edge.any() and not true_edge.any():
+        return 100.0
+    if not predicted_edge.any() or not true_edge.any():
+        return 0.0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    near_true = cv2.dilate(true_edge.astype(np.uint8), kernel).astype(bool)
+    near_predicted = cv2.dilate(predicted_edge.astype(np.uint8), kernel).astype(bool)
+    precision = (predicted_edge & near_true).sum() / predicted_edge.sum()
+    recall = (true_edge & near_predicted).sum() / true_edge.sum()
+    if precision + recall == 0:
+        return 0.0
+    return float(200 * precision * recall / (precision + recall))

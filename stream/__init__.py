@@ -1,0 +1,1 @@
+"""Real-time background replacement: capture → infer → temporal smoothing → composite."""

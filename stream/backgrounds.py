@@ -1,0 +1,166 @@
+"""What goes behind the person, named by one string: an image or video file, `blur`, a colour
+(`green`, `#00b140`) or `none` (keep the alpha channel).
+
+    python -c "from stream.backgrounds import open_background; print(open_background('beach.jpg'))"
+
+Each background renders behind a frame: `render(frame, small_image, small_alpha)` returns
+an H×W×3 tensor (uint8, or float32 in 0–255) on the frame's device, or None for `none`.
+`small_image` and `small_alpha` are the network's input and matte, 1×3×h×w and 1×1×h×w.
+Image names that are not files are looked up among the shipped backgrounds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from stream.errors import BadArgument, SourceUnavailable
+from stream.frames import resize_image
+from stream.sources import ASSETS, IMAGE_SUFFIXES
+
+SHIPPED = ASSETS / "backgrounds"
+COLOURS = {
+    "green": (0, 177, 64),
+    "blue": (0, 71, 187),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
+
+
+def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale an H×W×3 image to cover width×height without distortion, cropping the overflow."""
+    image_h, image_w = image.shape[:2]
+    scale = max(width / image_w, height / image_h)
+    resized = cv2.resize(image, (max(width, round(image_w * scale)), max(height, round(image_h * scale))),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
+    return np.ascontiguousarray(resized[top : top + height, left : left + width])
+
+
+class ImageBackground:
+    """A picture, scaled to cover the frame; kept on the frame's device, as float32 ready to
+    blend, once per frame size."""
+
+    def __init__(self, path: Path) -> None:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SourceUnavailable(f"cannot read background image {path}: not an image OpenCV can decode")
+        self.name = path.name
+        self.image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        self._cached: torch.Tensor | None = None
+
+    def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
+        height, width = frame.shape[:2]
+        if self._cached is None or self._cached.shape[:2] != (height, width) or self._cached.device != frame.device:
+            self._cached = torch.from_numpy(cover(self.image, width, height)).to(frame.device, torch.float32)
+        return self._cached
+
+
+class VideoBackground:
+    """A video, looped, one background frame per output frame."""
+
+    def __init__(self, path: Path) -> None:
+        from stream.sources import VideoFileSource
+
+        self.name = path.name
+        self.video = VideoFileSource(path, loop=True)
+
+    def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
+        height, width = frame.shape[:2]
+        picture = self.video.read()
+        if picture is None:
+            raise SourceUnavailable(f"background video {self.name} has no frames")
+        return torch.from_numpy(cover(picture.image, width, height)).to(frame.device)
+
+
+class ColourBackground:
+    def __init__(self, name: str, rgb: tuple[int, int, int]) -> None:
+        self.name = name
+        self.rgb = rgb
+
+    def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.rgb, dtype=torch.uint8, device=frame.device).view(1, 1, 3)
+
+
+class BlurBackground:
+    """The frame's own background, blurred, with the person's colours kept out of it.
+
+    The blur is a normalised convolution at the network's resolution: the image weighted by
+    (1 − alpha), blurred, divided by the blurred weight. The person's pixels add nothing, so
+    no halo of their colours surrounds them. The result is upsampled to the frame.
+    """
+
+    def __init__(self, sigma: float = 4.0) -> None:
+        self.name = "blur"
+        self.sigma = sigma
+
+    def _gaussian(self, image: torch.Tensor) -> torch.Tensor:
+        radius = int(3 * self.sigma)
+        offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+        kernel = torch.exp(-(offsets**2) / (2 * self.sigma**2))
+        kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(image.shape[1], 1, 1, 1)
+        image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel, groups=image.shape[1])
+        return F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.transpose(2, 3), groups=image.shape[1])
+
+    def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
+        weight = 1 - small_alpha
+        blurred = self._gaussian(torch.cat([small_image * weight, weight], 1))
+        background = blurred[:, :3] / blurred[:, 3:].clamp(min=1e-3)
+        # Where the person covers everything nearby, fall back to a plain blur of the image.
+        plain = self._gaussian(small_image)
+        trust = (blurred[:, 3:] * 4).clamp(max=1)
+        background = torch.lerp(plain, background, trust) * 255
+        return resize_image(background, frame.shape[:2])
+
+
+class NoBackground:
+    """No background: the output keeps the matte as an alpha channel."""
+
+    name = "none"
+
+    def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> None:
+        return None
+
+
+Background = ImageBackground | VideoBackground | ColourBackground | BlurBackground | NoBackground
+
+
+def parse_colour(text: str) -> tuple[int, int, int] | None:
+    if text.lower() in COLOURS:
+        return COLOURS[text.lower()]
+    if text.startswith("#") and len(text) == 7:
+        try:
+            return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
+        except ValueError:
+            return None
+    return None
+
+
+def open_background(spec: str) -> Background:
+    """The background named by `spec`."""
+    if spec == "blur":
+        return BlurBackground()
+    if spec == "none":
+        return NoBackground()
+    colour = parse_colour(spec)
+    if colour is not None:
+        return ColourBackground(spec, colour)
+    path = Path(spec)
+    if not path.exists() and (SHIPPED / path.name).exists():
+        path = SHIPPED / path.name
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        shipped = ", ".join(sorted(p.name for p in SHIPPED.iterdir()))
+        raise BadArgument(
+            f"unknown background {spec!r}: use an image or video file ({shipped} ship with the project), "
+            f"blur, none, a colour ({', '.join(COLOURS)}) or #rrggbb"
+        )
+    if not path.is_file():
+        raise SourceUnavailable(f"background file {spec} not found")
+    return ImageBackground(path) if suffix in IMAGE_SUFFIXES else VideoBackground(path)

@@ -1,0 +1,220 @@
+"""Outputs, named by one string: `vcam` (virtual camera), `window` (preview), `null`, or a video
+file path. Each has `write(frame)` and `close()` and works in a `with` block.
+
+Frames are H×W×3 uint8 RGB, or H×W×4 RGBA when the background is `none`. Sinks that cannot
+carry alpha show such frames over black. `write` returns a `Command` when the user asked
+for something (the preview window's keys), else None.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.errors import BadArgument, SinkUnavailable
+
+VCAM_NAME = "Tiramisu Camera"
+
+
+class Command(enum.Enum):
+    QUIT = "quit"
+    NEXT_BACKGROUND = "next background"
+    TOGGLE_MATTE = "toggle matte"
+
+
+@dataclass
+class SinkSettings:
+    vcam_backend: str | None = None  # pyvirtualcam backend; the platform's usual one if None
+    vcam_device: str | None = None
+    quality: int = 18  # x264/VP9 CRF: lower is better and larger
+
+
+def rgb(frame: np.ndarray) -> np.ndarray:
+    """An RGB view of a frame; RGBA frames are shown over black."""
+    if frame.shape[2] == 3:
+        return frame
+    alpha = frame[:, :, 3:].astype(np.uint16)
+    return ((frame[:, :, :3] * alpha + 127) // 255).astype(np.uint8)
+
+
+class SinkBase:
+    """`with` support: leaving the block closes the sink (and flushes a file)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class NullSink(SinkBase):
+    def write(self, frame: np.ndarray) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+# Video codecs by file extension: (codec, pixel format, pixel format with alpha or None).
+VIDEO_FORMATS = {
+    ".mp4": ("libx264", "yuv420p", None),
+    ".m4v": ("libx264", "yuv420p", None),
+    ".mkv": ("libx264", "yuv420p", None),
+    ".mov": ("libx264", "yuv420p", ("prores_ks", "yuva444p10le")),
+    ".webm": ("libvpx-vp9", "yuv420p", ("libvpx-vp9", "yuva420p")),
+}
+
+
+def add_video_stream(container, suffix: str, width: int, height: int, rate: Fraction, alpha: bool, quality: int):
+    """Add an encoder for `suffix` to an output container; with `alpha`, one that keeps it."""
+    if suffix not in VIDEO_FORMATS:
+        raise BadArgument(f"unsupported output extension {suffix!r}: use {', '.join(VIDEO_FORMATS)}")
+    codec, pixel_format, alpha_format = VIDEO_FORMATS[suffix]
+    if alpha:
+        if alpha_format is None:
+            raise BadArgument(f"{suffix} cannot carry alpha: use .mov (ProRes 4444) or .webm (VP9)")
+        codec, pixel_format = alpha_format
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
+    if codec == "libx264":
+        stream.options = {"crf": str(quality), "preset": "veryfast"}
+    elif codec == "libvpx-vp9":
+        stream.options = {"crf": str(quality + 13), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+    elif codec == "prores_ks":
+        stream.options = {"profile": "4444"}
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def partial_path(path: Path) -> Path:
+    """Where a file is written before it is renamed into place (same folder, same suffix)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+class FileSink(SinkBase):
+    """A video file written with PyAV at a constant rate; written to a partial file and
+    renamed into place on close, so the target is never half-written."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, alpha: bool, quality: int) -> None:
+        import av
+
+        self.path = path
+        self.partial = partial_path(path)
+        suffix = path.suffix.lower()
+        if suffix not in VIDEO_FORMATS:
+            raise BadArgument(f"unsupported output extension {suffix!r}: use {', '.join(VIDEO_FORMATS)}")
+        if not path.parent.is_dir():
+            raise SinkUnavailable(f"cannot write {path}: folder {path.parent} does not exist")
+        self.alpha = alpha and VIDEO_FORMATS[suffix][2] is not None
+        try:
+            self.container = av.open(str(self.partial), "w")
+        except (av.error.FFmpegError, OSError) as error:
+            raise SinkUnavailable(f"cannot write {path}: {error}") from None
+        self.stream = add_video_stream(self.container, suffix, width, height, Fraction(fps).limit_denominator(1001),
+                                       self.alpha, quality)
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        picture = frame if self.alpha else rgb(frame)
+        video_frame = av.VideoFrame.from_ndarray(picture, format="rgba" if picture.shape[2] == 4 else "rgb24")
+        video_frame.pts = self.frames
+        video_frame.time_base = 1 / Fraction(self.stream.codec_context.framerate)
+        for packet in self.stream.encode(video_frame):
+            self.container.mux(packet)
+        self.frames += 1
+        return None
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        self.container = None
+        os.replace(self.partial, self.path)
+
+
+def default_vcam_backend() -> str:
+    if sys.platform.startswith("linux"):
+        return "v4l2loopback"
+    return "obs"
+
+
+LOOPBACK_HELP = (
+    "no v4l2loopback device: run `sudo modprobe v4l2loopback devices=1 exclusive_caps=1 "
+    f'card_label="{VCAM_NAME}"` (install it with `sudo apt install v4l2loopback-dkms`), '
+    "and `sudo usermod -aG video $USER` then log in again if /dev/videoN is not writable"
+)
+
+
+class VirtualCameraSink(SinkBase):
+    """pyvirtualcam, always with an explicit backend (registration is global in pyvirtualcam)."""
+
+    def __init__(self, width: int, height: int, fps: float, settings: SinkSettings) -> None:
+        import pyvirtualcam
+
+        backend = settings.vcam_backend or default_vcam_backend()
+        try:
+            self.camera = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.RGB,
+                                              backend=backend, device=settings.vcam_device, print_fps=False)
+        except RuntimeError as error:
+            message = str(error)
+            if backend == "v4l2loopback" and "loopback device" in message:
+                raise SinkUnavailable(LOOPBACK_HELP) from None
+            if backend == "obs":
+                raise SinkUnavailable(f"virtual camera unavailable: {message.splitlines()[0]} (install OBS Studio 26+ and start its virtual camera once)") from None
+            raise SinkUnavailable(f"virtual camera unavailable ({backend}): {message.splitlines()[0]}") from None
+        except ValueError as error:
+            raise SinkUnavailable(f"virtual camera unavailable: {error}") from None
+
+    def write(self, frame: np.ndarray) -> None:
+        self.camera.send(rgb(frame))
+        return None
+
+    def close(self) -> None:
+        self.camera.close()
+
+
+class WindowSink(SinkBase):
+    """An OpenCV preview. Keys: q or Esc quits, b cycles backgrounds, m shows the matte."""
+
+    KEYS = {ord("q"): Command.QUIT, 27: Command.QUIT, ord("b"): Command.NEXT_BACKGROUND, ord("m"): Command.TOGGLE_MATTE}
+
+    def __init__(self, title: str = VCAM_NAME) -> None:
+        self.title = title
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error as error:
+            raise SinkUnavailable(f"cannot open a preview window (no display?): {str(error).strip().splitlines()[-1]}") from None
+
+    def write(self, frame: np.ndarray) -> Command | None:
+        cv2.imshow(self.title, cv2.cvtColor(rgb(frame), cv2.COLOR_RGB2BGR))
+        return self.KEYS.get(cv2.waitKey(1) & 0xFF)
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)
+
+
+Sink = NullSink | FileSink | VirtualCameraSink | WindowSink
+
+
+def open_sink(spec: str, width: int, height: int, fps: float, alpha: bool, settings: SinkSettings) -> Sink:
+    """The sink named by `spec`, for frames of width×height at `fps`."""
+    if spec == "null":
+        return NullSink()
+    if spec == "vcam":
+        return VirtualCameraSink(width, height, fps, settings)
+    if spec == "window":
+        return WindowSink()
+    path = Path(spec)
+    if path.suffix.lower() not in VIDEO_FORMATS:
+        raise BadArgument(f"unknown sink {spec!r}: use vcam, window, null, or a video file ({', '.join(VIDEO_FORMATS)})")
+    return FileSink(path, width, height, fps, alpha, settings.quality)
