@@ -93,18 +93,23 @@ class FrameProcessor:
     ) -> torch.Tensor:
         if self.show_matte:
             matte = (alpha * 255).round_().to(torch.uint8).expand(-1, -1, 3)
-            return self._match_channels(matte)
-        background = self.background.render(image, small, small_alpha)
-        if background is None:
-            return torch.cat([image, (alpha * 255).round_().to(torch.uint8)], dim=2)
-        return self._match_channels(composite(pixels, alpha, background))
+            return torch.cat([matte, torch.full_like(matte[:, :, :1], 255)], 2) if self.alpha_output else matte
+        return compose(image, pixels, small, small_alpha, alpha, self.background, self.alpha_output)
 
-    def _match_channels(self, frame: torch.Tensor) -> torch.Tensor:
-        """Sinks opened for RGBA get an opaque alpha channel when the background is not `none`."""
-        if not self.alpha_output:
-            return frame
-        opaque = torch.full_like(frame[:, :, :1], 255)
-        return torch.cat([frame, opaque], dim=2)
+
+def compose(image: torch.Tensor, pixels: torch.Tensor, small: torch.Tensor, small_alpha: torch.Tensor,
+            alpha: torch.Tensor, background: Background, rgba: bool) -> torch.Tensor:
+    """The output frame: the person over `background` (H×W×3 uint8), or with `rgba` H×W×4,
+    whose alpha is the matte for the `none` background and opaque otherwise.
+
+    image: H×W×3 uint8 frame, pixels: the same as float32, small/small_alpha: the network's
+    input and (smoothed) matte, alpha: the full-resolution matte H×W×1.
+    """
+    backdrop = background.render(image, small, small_alpha)
+    if backdrop is None:
+        return torch.cat([image, (alpha * 255).round_().to(torch.uint8)], dim=2)
+    output = composite(pixels, alpha, backdrop)
+    return torch.cat([output, torch.full_like(output[:, :, :1], 255)], dim=2) if rgba else output
 
 
 def run_loop(

@@ -8,7 +8,9 @@ for something (the preview window's keys), else None.
 from __future__ import annotations
 
 import enum
+import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +20,8 @@ import cv2
 import numpy as np
 
 from stream.errors import BadArgument, SinkUnavailable
+
+log = logging.getLogger("stream")
 
 VCAM_NAME = "Tiramisu Camera"
 
@@ -61,7 +65,7 @@ class NullSink(SinkBase):
         pass
 
 
-# Video codecs by file extension: (codec, pixel format, pixel format with alpha or None).
+# Video codecs by file extension: (codec, pixel format, (codec, pixel format) with alpha or None).
 VIDEO_FORMATS = {
     ".mp4": ("libx264", "yuv420p", None),
     ".m4v": ("libx264", "yuv420p", None),
@@ -69,68 +73,97 @@ VIDEO_FORMATS = {
     ".mov": ("libx264", "yuv420p", ("prores_ks", "yuva444p10le")),
     ".webm": ("libvpx-vp9", "yuv420p", ("libvpx-vp9", "yuva420p")),
 }
+# One-channel mattes: lossless FFV1 in .mkv; H.264 4:0:0 in .mp4 (FFmpeg decodes it as yuv420p).
+GREY_CODECS = {".mkv": "ffv1", ".mp4": "libx264", ".m4v": "libx264"}
+ENCODER_OPTIONS = {
+    "libx264": lambda quality: {"crf": str(quality), "preset": "veryfast"},
+    "libvpx-vp9": lambda quality: {"crf": str(quality + 13), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"},
+    "prores_ks": lambda quality: {"profile": "4444"},
+    "ffv1": lambda quality: {},
+}
 
 
-def add_video_stream(container, suffix: str, width: int, height: int, rate: Fraction, alpha: bool, quality: int):
-    """Add an encoder for `suffix` to an output container; with `alpha`, one that keeps it."""
+def check_video_suffix(path: Path, alpha: bool = False, grey: bool = False) -> str:
+    """The lower-case suffix of a video output path, or BadArgument saying what is accepted."""
+    suffix = path.suffix.lower()
     if suffix not in VIDEO_FORMATS:
-        raise BadArgument(f"unsupported output extension {suffix!r}: use {', '.join(VIDEO_FORMATS)}")
-    codec, pixel_format, alpha_format = VIDEO_FORMATS[suffix]
-    if alpha:
-        if alpha_format is None:
-            raise BadArgument(f"{suffix} cannot carry alpha: use .mov (ProRes 4444) or .webm (VP9)")
-        codec, pixel_format = alpha_format
-    stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
-    if codec == "libx264":
-        stream.options = {"crf": str(quality), "preset": "veryfast"}
-    elif codec == "libvpx-vp9":
-        stream.options = {"crf": str(quality + 13), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
-    elif codec == "prores_ks":
-        stream.options = {"profile": "4444"}
-    stream.thread_type = "AUTO"
-    return stream
+        raise BadArgument(f"unsupported output extension {suffix or path.name!r}: use {', '.join(VIDEO_FORMATS)} or a folder for PNGs")
+    if alpha and VIDEO_FORMATS[suffix][2] is None:
+        raise BadArgument(f"{suffix} cannot carry alpha: use .mov (ProRes 4444), .webm (VP9) or a folder for PNGs")
+    if grey and suffix not in GREY_CODECS:
+        raise BadArgument(f"a matte-only video needs {', '.join(sorted(GREY_CODECS))} or a folder for PNGs")
+    return suffix
 
 
 def partial_path(path: Path) -> Path:
-    """Where a file is written before it is renamed into place (same folder, same suffix)."""
+    """Where an output is written before it is renamed into place (same folder, same suffix)."""
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 class FileSink(SinkBase):
-    """A video file written with PyAV at a constant rate; written to a partial file and
-    renamed into place on close, so the target is never half-written."""
+    """A video file written with PyAV, into a partial file renamed into place on close, so
+    that the target is never half-written.
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, alpha: bool, quality: int) -> None:
+    Frames get consecutive timestamps at `rate` unless `write` is given a `pts` in
+    `time_base`. `templates` are input streams (audio, subtitles) whose packets `mux` copies
+    unchanged. `alpha` keeps RGBA frames' alpha where the format can; `grey` writes
+    one-channel frames.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, rate: Fraction, quality: int, *, alpha: bool = False,
+                 grey: bool = False, time_base: Fraction | None = None, rotation: int = 0, templates=()) -> None:
         import av
 
-        self.path = path
-        self.partial = partial_path(path)
-        suffix = path.suffix.lower()
-        if suffix not in VIDEO_FORMATS:
-            raise BadArgument(f"unsupported output extension {suffix!r}: use {', '.join(VIDEO_FORMATS)}")
+        suffix = check_video_suffix(path, grey=grey)
+        self.path, self.partial = path, partial_path(path)
         if not path.parent.is_dir():
             raise SinkUnavailable(f"cannot write {path}: folder {path.parent} does not exist")
         self.alpha = alpha and VIDEO_FORMATS[suffix][2] is not None
+        self.grey = grey
         try:
             self.container = av.open(str(self.partial), "w")
         except (av.error.FFmpegError, OSError) as error:
             raise SinkUnavailable(f"cannot write {path}: {error}") from None
-        self.stream = add_video_stream(self.container, suffix, width, height, Fraction(fps).limit_denominator(1001),
-                                       self.alpha, quality)
+        codec, pixel_format, alpha_format = VIDEO_FORMATS[suffix]
+        if self.alpha:
+            codec, pixel_format = alpha_format
+        if grey:
+            codec, pixel_format = GREY_CODECS[suffix], "gray"
+        self.stream = self.container.add_stream(codec, rate=rate)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pixel_format
+        self.stream.options = ENCODER_OPTIONS[codec](quality)
+        self.stream.thread_type = "AUTO"
+        self.time_base = time_base or 1 / Fraction(rate)
+        self.stream.time_base = self.time_base
+        if rotation:
+            self.stream.set_display_rotation(rotation)
+        self.copies = {}  # input stream index → output stream, for the streams this container holds
+        for template in templates:
+            if template.codec_context.name in self.container.supported_codecs:
+                self.copies[template.index] = self.container.add_stream_from_template(template)
+            else:
+                log.warning("%s cannot hold the %s stream %d: not copied", suffix, template.codec_context.name, template.index)
         self.frames = 0
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, pts: int | None = None) -> None:
         import av
 
-        picture = frame if self.alpha else rgb(frame)
-        video_frame = av.VideoFrame.from_ndarray(picture, format="rgba" if picture.shape[2] == 4 else "rgb24")
-        video_frame.pts = self.frames
-        video_frame.time_base = 1 / Fraction(self.stream.codec_context.framerate)
+        if self.grey:
+            video_frame = av.VideoFrame.from_ndarray(frame[:, :, 0] if frame.ndim == 3 else frame, format="gray")
+        else:
+            picture = frame if self.alpha else rgb(frame)
+            video_frame = av.VideoFrame.from_ndarray(picture, format="rgba" if picture.shape[2] == 4 else "rgb24")
+        video_frame.pts = self.frames if pts is None else pts
+        video_frame.time_base = self.time_base
         for packet in self.stream.encode(video_frame):
             self.container.mux(packet)
         self.frames += 1
         return None
+
+    def mux(self, packet) -> None:
+        """Copy a packet of one of the template streams, unchanged."""
+        packet.stream = self.copies[packet.stream.index]
+        self.container.mux(packet)
 
     def close(self) -> None:
         if self.container is None:
@@ -140,6 +173,36 @@ class FileSink(SinkBase):
         self.container.close()
         self.container = None
         os.replace(self.partial, self.path)
+
+
+class PngSequenceSink(SinkBase):
+    """Numbered PNGs (RGB, RGBA or grey) in a folder, written into a partial folder that is
+    renamed into place on close."""
+
+    def __init__(self, folder: Path) -> None:
+        if not folder.parent.is_dir():
+            raise SinkUnavailable(f"cannot write {folder}: folder {folder.parent} does not exist")
+        self.folder, self.partial = folder, partial_path(folder)
+        self.partial.mkdir(exist_ok=True)
+        self.copies: dict = {}  # PNGs hold no other streams
+        self.frames = 0
+
+    def write(self, frame: np.ndarray, pts: int | None = None) -> None:
+        if frame.ndim == 3 and frame.shape[2] == 4:
+            picture = cv2.cvtColor(frame, cv2.COLOR_RGBA2BGRA)
+        elif frame.ndim == 3 and frame.shape[2] == 3:
+            picture = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        else:
+            picture = frame.reshape(frame.shape[:2])
+        cv2.imwrite(str(self.partial / f"frame_{self.frames:06d}.png"), picture)
+        self.frames += 1
+        return None
+
+    def close(self) -> None:
+        if self.partial.exists():
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            os.replace(self.partial, self.folder)
 
 
 def default_vcam_backend() -> str:
@@ -217,4 +280,4 @@ def open_sink(spec: str, width: int, height: int, fps: float, alpha: bool, setti
     path = Path(spec)
     if path.suffix.lower() not in VIDEO_FORMATS:
         raise BadArgument(f"unknown sink {spec!r}: use vcam, window, null, or a video file ({', '.join(VIDEO_FORMATS)})")
-    return FileSink(path, width, height, fps, alpha, settings.quality)
+    return FileSink(path, width, height, Fraction(fps).limit_denominator(1001), settings.quality, alpha=alpha)

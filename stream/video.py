@@ -1,0 +1,255 @@
+"""Replace the background of a recording, losing nothing: every frame, the audio, the timing.
+
+    python -m stream.video talk.mp4 -o talk_beach.mp4 --bg beach.jpg
+    python -m stream.video talk.mp4 -o talk.mov --bg none          # ProRes 4444 with alpha
+    python -m stream.video talk.mp4 -o talk.webm --bg none         # VP9 with alpha
+    python -m stream.video talk.mp4 -o frames --bg none            # a folder of RGBA PNGs
+    python -m stream.video talk.mp4 -o matte.mp4 --matte-only      # the matte alone, one channel
+
+File mode never drops a frame. Frames go through the network in batches, and smoothing
+looks one frame ahead as well as one behind. Timestamps, time base, frame rate, size and
+rotation are kept; audio and subtitle packets are copied unchanged. The output is written
+to a partial file and renamed into place at the end; Ctrl-C finishes the file with the
+frames done so far.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines.segmenter import BACKENDS, DEFAULT_MODEL, BackendMissing, EngineError, open_segmenter
+from stream.backgrounds import open_background
+from stream.errors import BadArgument, SinkUnavailable, SourceUnavailable
+from stream.frames import download, guided_upsample, network_size, preprocess, upload
+from stream.pipeline import compose
+from stream.sinks import FileSink, PngSequenceSink, check_video_suffix, partial_path
+from stream.smoothing import smooth_window
+
+log = logging.getLogger("stream")
+
+
+@dataclass
+class VideoSettings:
+    input: Path
+    output: Path
+    bg: str = "blur"
+    matte_only: bool = False
+    overwrite: bool = False
+    batch: int = 8  # frames per network call
+    smooth: float = 0.7
+    quality: int = 18  # x264 CRF (VP9: +13)
+    backend: str = "auto"
+    model: str = DEFAULT_MODEL
+    threads: int = 2
+    long_side: int = 256
+
+
+@dataclass
+class VideoSummary:
+    frames: int  # frames written
+    total: int | None  # frames the input declares, if it does
+    bad_packets: int
+    interrupted: bool
+
+
+def _check_paths(settings: VideoSettings) -> None:
+    source, target = settings.input, settings.output
+    if not source.is_file():
+        raise SourceUnavailable(f"input {source} not found")
+    if target.resolve() == source.resolve():
+        raise BadArgument(f"refusing to overwrite the input {source}: choose another output")
+    if target.exists() and not settings.overwrite:
+        raise BadArgument(f"output {target} exists: add --overwrite to replace it")
+    if target.suffix:
+        check_video_suffix(target, alpha=settings.bg == "none" and not settings.matte_only, grey=settings.matte_only)
+
+
+def _open_input(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError):
+        raise SourceUnavailable(f"{path} is not a video file FFmpeg can read") from None
+    if not container.streams.video:
+        container.close()
+        raise SourceUnavailable(f"{path} has no video stream")
+    return container
+
+
+class _Batcher:
+    """Collects decoded frames, runs the network on each batch, and releases frames once the
+    next frame's matte is known (look-ahead smoothing)."""
+
+    def __init__(self, segmenter, settings: VideoSettings) -> None:
+        self.segmenter, self.settings = segmenter, settings
+        self.waiting: list = []  # (av frame, image tensor) not yet through the network
+        self.frames: list = []  # (av frame, image, small image, small alpha) through the network
+        self.started = False
+
+    def add(self, frame) -> list:
+        image = upload(frame.to_ndarray(format="rgb24"), self.segmenter.device)
+        self.waiting.append((frame, image))
+        return self._run() if len(self.waiting) >= self.settings.batch else []
+
+    def finish(self) -> list:
+        return self._run(last=True)
+
+    def _run(self, last: bool = False) -> list:
+        if self.waiting:
+            height, width = self.waiting[0][1].shape[:2]
+            size = network_size(height, width, self.settings.long_side)
+            smalls = torch.cat([preprocess(image, size) for _, image in self.waiting])
+            alphas = self.segmenter(smalls)
+            self.frames += [(f, i, s[None], a[None]) for (f, i), s, a in zip(self.waiting, smalls, alphas)]
+            self.waiting = []
+        # self.frames holds the last released frame (a left neighbour) and those not yet
+        # released. The very first frame and the very last are their own outer neighbours.
+        head = self.frames[:1] if not self.started else []
+        tail = self.frames[-1:] if last else []
+        run = head + self.frames + tail
+        if len(run) < 3:
+            return []
+        smalls = torch.cat([entry[2] for entry in run])
+        alphas = torch.cat([entry[3] for entry in run])
+        smoothed = smooth_window(alphas, smalls, self.settings.smooth) if self.settings.smooth else alphas[1:-1]
+        released = run[1:-1]
+        self.started = True
+        self.frames = run[-2:]  # the newest frame waits for its next neighbour
+        return [(frame, image, small, smoothed[i : i + 1]) for i, (frame, image, small, _) in enumerate(released)]
+
+
+def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | None = None) -> VideoSummary:
+    """Run the whole file through the network and write the output. `on_frame(count)` is
+    called after each frame is written (progress; tests inject interrupts through it)."""
+    import av
+
+    _check_paths(settings)
+    background = None if settings.matte_only else open_background(settings.bg)
+    rgba = background is not None and background.name == "none"
+    container = _open_input(settings.input)
+    segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
+    torch.set_num_threads(1)  # per-pixel stages; the network keeps its own threads
+    video = container.streams.video[0]
+    video.thread_type = "AUTO"
+    others = [s for s in container.streams if s.type in ("audio", "subtitle")]
+    total = video.frames or None
+    writer = None
+    early_packets: list = []  # copied-stream packets that arrive before the first frame
+    bad_packets = written = 0
+    batcher = _Batcher(segmenter, settings)
+    progress = tqdm(total=total, unit="frame", desc=settings.output.name)
+
+    def open_writer(first_frame):
+        if not settings.output.suffix:
+            if others:
+                log.warning("a folder of PNGs holds no audio: %d other stream(s) not copied", len(others))
+            return PngSequenceSink(settings.output)
+        return FileSink(settings.output, first_frame.width, first_frame.height,
+                        video.average_rate or video.guessed_rate or Fraction(30), settings.quality,
+                        alpha=rgba, grey=settings.matte_only, time_base=video.time_base,
+                        rotation=round(first_frame.rotation or 0), templates=others)
+
+    def write(entries) -> None:
+        nonlocal written
+        for frame, image, small, small_alpha in entries:
+            pixels = image.to(torch.float32)
+            alpha = guided_upsample(small_alpha, small, pixels)
+            if settings.matte_only:
+                output = (alpha * 255).round_().to(torch.uint8)
+            else:
+                output = compose(image, pixels, small, small_alpha, alpha, background, rgba)
+            writer.write(download(output), pts=frame.pts)
+            written += 1
+            progress.update(1)
+            if on_frame is not None:
+                on_frame(written)
+
+    interrupted = False
+    try:
+        for packet in container.demux(video, *others):
+            if packet.stream.index != video.index:
+                if packet.dts is None:
+                    continue
+                if writer is None:
+                    early_packets.append(packet)
+                elif packet.stream.index in writer.copies:
+                    writer.mux(packet)
+                continue
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError:
+                bad_packets += 1
+                continue
+            for frame in decoded:
+                if writer is None:
+                    writer = open_writer(frame)
+                    for early in early_packets:
+                        if early.stream.index in writer.copies:
+                            writer.mux(early)
+                    early_packets = []
+                write(batcher.add(frame))
+        write(batcher.finish())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
+        container.close()
+    return VideoSummary(written, total, bad_packets, interrupted)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = VideoSettings(Path(), Path())
+    parser = argparse.ArgumentParser(prog="python -m stream.video", description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help=".mp4/.mkv (H.264), .mov (ProRes 4444 with --bg none), .webm (VP9), or a folder for PNGs")
+    parser.add_argument("--bg", default=defaults.bg, help="image or video file, blur, a colour or none (default: %(default)s)")
+    parser.add_argument("--matte-only", action="store_true", help="write the matte alone (one channel)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="frames per network call (default: %(default)s)")
+    parser.add_argument("--smooth", type=float, default=defaults.smooth, help="temporal smoothing in [0, 1) (default: %(default)s)")
+    parser.add_argument("--quality", type=int, default=defaults.quality, help="CRF, lower is better (default: %(default)s)")
+    parser.add_argument("--backend", default=defaults.backend, choices=("auto", *BACKENDS))
+    parser.add_argument("--model", default=defaults.model)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    settings = VideoSettings(**vars(args))
+    try:
+        if settings.batch <= 0 or not 0 <= settings.smooth < 1:
+            raise BadArgument("--batch must be positive and --smooth in [0, 1)")
+        summary = process_video(settings)
+    except BadArgument as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (SourceUnavailable, SinkUnavailable, BackendMissing, EngineError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if summary.bad_packets:
+        log.warning("%d bad video packet(s) skipped: the output is shorter than the input (%d frames)",
+                    summary.bad_packets, summary.frames)
+    if summary.interrupted:
+        print(f"interrupted: {settings.output} holds the first {summary.frames} frames", file=sys.stderr)
+        return 130
+    log.info("wrote %s: %d frames", settings.output, summary.frames)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""File mode: every frame, the timing and the audio bytes kept; alpha and matte outputs;
+refusals, interrupts and bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from stream.video import VideoSettings, process_video
+from tests.conftest import make_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def video_timestamps(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [float(frame.pts * frame.time_base) for frame in container.decode(stream)]
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream.video", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("media") / "talk.mp4", frames=30, fps=25, audio=True)
+
+
+def test_frames_timing_and_audio_bytes_are_kept(talk, tmp_path):
+    out = tmp_path / "out.mp4"
+    summary = process_video(VideoSettings(talk, out, bg="beach.jpg", batch=4))
+    assert summary.frames == 30 and not summary.interrupted
+    assert video_timestamps(out) == pytest.approx(video_timestamps(talk), abs=1e-6)
+    with av.open(str(out)) as result, av.open(str(talk)) as source:
+        assert result.streams.video[0].average_rate == source.streams.video[0].average_rate
+        assert float(result.duration) == pytest.approx(float(source.duration), rel=0.02)
+        assert (result.streams.video[0].width, result.streams.video[0].height) == (320, 240)
+    assert audio_packets(out) == audio_packets(talk)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_batching_does_not_change_the_result(talk, tmp_path):
+    one, eight = tmp_path / "one.mkv", tmp_path / "eight.mkv"
+    process_video(VideoSettings(talk, one, bg="green", batch=1, matte_only=True))
+    process_video(VideoSettings(talk, eight, bg="green", batch=8, matte_only=True))
+    with av.open(str(one)) as a, av.open(str(eight)) as b:
+        first = [f.to_ndarray() for f in a.decode(video=0)]
+        second = [f.to_ndarray() for f in b.decode(video=0)]
+    assert len(first) == len(second) == 30
+    difference = np.abs(np.stack(first).astype(int) - np.stack(second).astype(int))
+    assert difference.max() <= 2  # the same mattes, up to float rounding (FFV1 is lossless)
+
+
+def test_matte_only_has_one_channel(talk, tmp_path):
+    out = tmp_path / "matte.mkv"
+    process_video(VideoSettings(talk, out, matte_only=True))
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+    assert frame.format.name == "gray"
+    assert frame.to_ndarray().ndim == 2
+
+
+def test_prores_keeps_alpha(talk, tmp_path):
+    out = tmp_path / "alpha.mov"
+    process_video(VideoSettings(talk, out, bg="none"))
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgba") for f in container.decode(video=0)]
+    assert len(frames) == 30
+    alpha = frames[10][:, :, 3]
+    assert alpha.min() < 60 and alpha.max() > 200  # a real matte, not an opaque plane
+
+
+def test_vp9_webm_keeps_alpha(talk, tmp_path):
+    out = tmp_path / "alpha.webm"
+    process_video(VideoSettings(talk, out, bg="none"))
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        decoder = av.CodecContext.create("libvpx-vp9", "r")
+        frames = [f for p in container.demux(stream) for f in decoder.decode(p)]
+    assert len(frames) == 30
+    assert frames[0].format.name == "yuva420p"
+    alpha = frames[10].to_ndarray(format="rgba")[:, :, 3]
+    assert alpha.min() < 60 and alpha.max() > 200
+
+
+def test_png_sequence_is_rgba(talk, tmp_path):
+    out = tmp_path / "frames"
+    process_video(VideoSettings(talk, out, bg="none"))
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 30
+    assert cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED).shape == (240, 320, 4)
+
+
+def test_interrupt_leaves_a_playable_file_with_the_frames_done(talk, tmp_path):
+    out = tmp_path / "cut.mp4"
+
+    def interrupt(count: int) -> None:
+        if count == 12:
+            raise KeyboardInterrupt
+
+    summary = process_video(VideoSettings(talk, out, bg="blur", batch=4), on_frame=interrupt)
+    assert summary.interrupted and summary.frames == 12
+    assert len(video_timestamps(out)) == 12
+
+
+def test_refuses_to_overwrite_input_or_existing_output(talk, tmp_path):
+    result = cli(str(talk), "-o", str(talk))
+    assert result.returncode == 2 and "refusing to overwrite the input" in result.stderr
+    existing = tmp_path / "exists.mp4"
+    existing.write_bytes(b"keep me")
+    result = cli(str(talk), "-o", str(existing))
+    assert result.returncode == 2 and "add --overwrite" in result.stderr
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_bad_inputs_give_one_line(tmp_path, talk):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    audio_only = tmp_path / "tone.m4a"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, 0
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    cases = [
+        ((str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "a.mp4")), "not found", 1),
+        ((str(text), "-o", str(tmp_path / "b.mp4")), "is not a video file", 1),
+        ((str(audio_only), "-o", str(tmp_path / "c.mp4")), "has no video stream", 1),
+        ((str(talk), "-o", str(tmp_path / "d.avi")), "unsupported output extension", 2),
+        ((str(talk), "-o", str(tmp_path / "e.mp4"), "--bg", "none"), "cannot carry alpha", 2),
+    ]
+    for args, message, code in cases:
+        result = cli(*args)
+        assert result.returncode == code, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_corrupt_file_is_processed_as_far_as_it_decodes(talk, tmp_path):
+    damaged = tmp_path / "damaged.mp4"
+    data = bytearray(talk.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = bytes(3000)
+    damaged.write_bytes(bytes(data))
+    result = cli(str(damaged), "-o", str(tmp_path / "out.mp4"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(video_timestamps(tmp_path / "out.mp4")) > 0
