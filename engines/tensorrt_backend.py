@@ -14,7 +14,8 @@ Inference binds the torch tensors' device pointers (`set_tensor_address`, no cop
 the host) and runs `execute_async_v3` on the segmenter's own CUDA stream, which is ordered
 after and before torch's current stream with events (TensorRT warns against the legacy
 default stream that torch uses unless told otherwise). The output buffer is allocated once per
-shape. CUDA-graph capture is not done.
+shape; a batch smaller than one already compiled for the same image size (the last batch of
+a file) is padded to it instead of compiling another engine. CUDA-graph capture is not done.
 """
 from __future__ import annotations
 
@@ -186,7 +187,8 @@ class TensorRTSegmenter:
             raise EngineError(f"expected one input and one output tensor, found {names}")
         for name in names:
             if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
-                raise EngineError(f"tensor {name} is {engine.get_tensor_dtype(name)}; expected float32 input and output")
+                raise EngineError(f"tensor {name} is {engine.get_tensor_dtype(name)}; "
+                                  "expected float32 input and output")
         if not context.set_input_shape(inputs[0], shape):
             raise EngineError(f"the engine does not accept input shape {shape}")
         output_shape = tuple(context.get_tensor_shape(outputs[0]))
@@ -199,7 +201,13 @@ class TensorRTSegmenter:
         """N×3×H×W float32 RGB in [0, 1] on the GPU → N×1×H×W float32 alpha in [0, 1] on the GPU."""
         images = images.to(self.device, torch.float32).contiguous()
         shape = tuple(images.shape)
-        bound = self.engines.get(shape) or self._prepare(shape)
+        bound = self.engines.get(shape)
+        if bound is None:
+            larger = sorted(batch for batch, *size in self.engines if tuple(size) == shape[1:] and batch > shape[0])
+            if larger:  # a file's last, short batch: pad it rather than compile another engine
+                padding = images.new_zeros((larger[0] - shape[0], *shape[1:]))
+                return self(torch.cat([images, padding]))[: shape[0]]
+            bound = self._prepare(shape)
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)
         images.record_stream(self.stream)  # keep the allocator from reusing it while TensorRT reads it

@@ -1,5 +1,5 @@
 """Frame sources, named by one string: `0` or `/dev/video0` (camera), a video or image file,
-or `demo` (the built-in clip).
+`demo` (the built-in clip) or `synthetic:WxH@FPS` (a generated scene).
 
     python -c "from stream.sources import open_source, SourceSettings; print(open_source(SourceSettings('demo')).read().image.shape)"
 
@@ -85,6 +85,44 @@ class DemoSource:
 
     def close(self) -> None:
         pass
+
+
+class SyntheticSource:
+    """`synthetic:WxH@FPS`: a generated scene (a textured wall and a figure swaying across
+    it) for benchmarks that need an exact size and rate without a camera or a file."""
+
+    live = False
+
+    def __init__(self, size: tuple[int, int], fps: float, frames: int = 300, loop: bool = True) -> None:
+        self.width, self.height = size
+        self.fps, self.frames, self.loop, self.count = fps, frames, loop, 0
+        rng = np.random.default_rng(0)
+        wall = cv2.resize(rng.integers(60, 200, (9, 16, 3), dtype=np.uint8), size, interpolation=cv2.INTER_CUBIC)
+        self.wall = cv2.GaussianBlur(wall, (0, 0), 3)
+
+    def read(self) -> Frame | None:
+        index = self.count % self.frames
+        if self.count and index == 0 and not self.loop:
+            return None
+        self.count += 1
+        image = self.wall.copy()
+        centre_x = int(self.width * (0.5 + 0.2 * math.sin(2 * math.pi * index / self.frames)))
+        head = max(4, self.height // 8)
+        cv2.circle(image, (centre_x, self.height // 3), head, (205, 160, 130), -1)
+        cv2.ellipse(image, (centre_x, self.height), (head * 2, self.height // 2), 0, 180, 360, (40, 60, 120), -1)
+        return Frame(image, index, time.perf_counter(), restarted=index == 0)
+
+    def close(self) -> None:
+        pass
+
+
+def parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
+    """`synthetic:1280x720@30` → ((1280, 720), 30.0)."""
+    try:
+        size, fps = spec.split(":", 1)[1].split("@")
+        return parse_size(size), float(fps)
+    except (ValueError, IndexError):
+        raise BadArgument(f"bad source {spec!r}: use synthetic:WIDTHxHEIGHT@FPS, for example synthetic:1280x720@30") from None
 
 
 class ImageSource:
@@ -219,7 +257,7 @@ class CameraSource:
         self.capture.release()
 
 
-Source = DemoSource | ImageSource | VideoFileSource | CameraSource
+Source = DemoSource | SyntheticSource | ImageSource | VideoFileSource | CameraSource
 
 
 def open_source(settings: SourceSettings) -> Source:
@@ -227,6 +265,9 @@ def open_source(settings: SourceSettings) -> Source:
     spec = settings.source
     if spec == "demo":
         return DemoSource(settings.size, settings.fps, settings.loop)
+    if spec.startswith("synthetic:"):
+        size, fps = parse_synthetic(spec)
+        return SyntheticSource(size, fps, loop=settings.loop)
     if spec.isdigit():
         return CameraSource(int(spec), settings.size, settings.fps)
     if spec.startswith("/dev/video"):

@@ -1,0 +1,269 @@
+"""Latency and FPS harness: the real loop (`stream.pipeline`), timed stage by stage.
+
+    python benchmarks/run_fps.py --source demo --size 640x480 --frames 300 --json cpu.json
+    python benchmarks/run_fps.py --matrix --backends onnxruntime,torch-cpu --sizes 640x480,1280x720 --json m.json
+    python benchmarks/run_fps.py --engine-only --json engines.json
+    python benchmarks/run_fps.py --source synthetic:1280x720@30 --min-fps 30 --max-latency-ms 50
+
+Sources are paced at their frame rate through the live loop's capture thread, the way a
+camera delivers frames, so `dropped` counts what a camera would lose (`--no-pace` measures
+the most the loop can do). Warm-up frames are not counted. The JSON holds every number and
+the machine; a PNG beside it plots each stage's latency CDF and fps over time. With
+`--min-fps` or `--max-latency-ms` the exit code says whether the loop kept up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.segmenter import BACKENDS, DEFAULT_MODEL, BackendMissing, EngineError, open_segmenter
+from stream.backgrounds import open_background
+from stream.frames import network_size
+from stream.pipeline import FrameProcessor, LoopSettings, run_loop
+from stream.sinks import SinkSettings, open_sink
+from stream.sources import SourceSettings, open_source, parse_size
+from stream.timing import STAGES, FrameRecord, percentiles
+
+
+@dataclass
+class BenchSettings:
+    source: str = "demo"
+    size: str = "640x480"
+    fps: float = 30.0
+    frames: int = 300
+    warmup: int = 30
+    backend: str = "auto"
+    model: str = DEFAULT_MODEL
+    bg: str = "blur"
+    sink: str = "null"
+    smooth: float = 0.7
+    threads: int = 2
+    pace: bool = True
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("onnxruntime", "cv2", "av", "numpy", "tensorrt", "pyvirtualcam"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            continue
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(), "versions": versions}
+
+
+def fps_over_time(records: list[FrameRecord], window: float = 1.0) -> list[tuple[float, float]]:
+    """(seconds since start, fps over the preceding `window` seconds), one point per frame."""
+    if not records:
+        return []
+    start = records[0].done_at
+    times = np.array([r.done_at - start for r in records])
+    return [(float(t), float(((times > t - window) & (times <= t)).sum() / window)) for t in times if t >= window]
+
+
+def run_once(settings: BenchSettings) -> dict:
+    """One source → loop → sink run; returns its numbers."""
+    width, height = parse_size(settings.size)
+    source = open_source(SourceSettings(settings.source, (width, height), settings.fps, loop=True))
+    try:
+        segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
+        background = open_background(settings.bg)
+        processor = FrameProcessor(segmenter, [background], settings.smooth, LoopSettings.long_side)
+        with open_sink(settings.sink, source.width, source.height, source.fps, background.name == "none",
+                       SinkSettings()) as sink:
+            run_loop(source, processor, [sink], LoopSettings(settings.warmup, settings.smooth, settings.pace))
+            records: list[FrameRecord] = []
+            cpu_before, started = time.process_time(), time.perf_counter()
+            summary = run_loop(source, processor, [sink], LoopSettings(settings.frames, settings.smooth, settings.pace),
+                               [records.append])
+            wall = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_before
+    finally:
+        source.close()
+    return {
+        "source": settings.source,
+        "size": f"{source.width}x{source.height}",
+        "network_size": "x".join(map(str, reversed(network_size(source.height, source.width)))),
+        "backend": segmenter.name,
+        "model": settings.model,
+        "background": settings.bg,
+        "sink": settings.sink,
+        "paced": settings.pace,
+        "frames": summary.frames,
+        "seconds": round(wall, 3),
+        "fps": round(summary.frames / wall, 2),
+        "source_fps": round(source.fps, 3),
+        "dropped": summary.dropped,
+        "cpu_percent": round(100 * cpu_seconds / wall, 1),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "latency_ms": _rounded(percentiles(r.latency_ms for r in records)),
+        "stages": {stage: _rounded(percentiles(r.stages.get(stage, 0.0) for r in records)) for stage in STAGES},
+        "fps_over_time": [(round(t, 3), round(f, 2)) for t, f in fps_over_time(records)],
+        "stage_samples": {stage: [round(r.stages.get(stage, 0.0), 3) for r in records] for stage in STAGES}
+        | {"end_to_end": [round(r.latency_ms, 3) for r in records]},
+    }
+
+
+def engine_only(models: list[str], size: str, iterations: int = 200, threads: int = 2) -> list[dict]:
+    """The network alone, per installed backend and model, at its input size for `size` frames."""
+    width, height = parse_size(size)
+    input_h, input_w = network_size(height, width)
+    results = []
+    for model in models:
+        for backend in BACKENDS:
+            try:
+                segmenter = open_segmenter(backend, model, threads)
+            except (BackendMissing, EngineError) as error:
+                results.append({"backend": backend, "model": model, "skipped": str(error)})
+                continue
+            images = torch.rand(1, 3, input_h, input_w, device=segmenter.device)
+            for _ in range(max(3, iterations // 10)):
+                segmenter(images)
+            times = []
+            for _ in range(iterations):
+                started = time.perf_counter()
+                segmenter(images)
+                if segmenter.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - started) * 1e3)
+            results.append({"backend": segmenter.name, "model": model, "input": f"{input_w}x{input_h}",
+                            "ms": _rounded(percentiles(times))})
+    return results
+
+
+def _rounded(values: dict) -> dict:
+    return {key: round(value, 3) for key, value in values.items()}
+
+
+def print_table(runs: list[dict]) -> None:
+    header = f"{'backend':<12} {'size':>9} {'fps':>6} {'src':>5} {'drop':>5} {'cpu%':>5} {'p50':>6} {'p95':>6} {'p99':>6}  stage p50 ms"
+    print(header)
+    for run in runs:
+        latency = run["latency_ms"]
+        stages = " ".join(f"{name[:5]} {run['stages'][name]['p50']:.1f}" for name in STAGES)
+        print(f"{run['backend']:<12} {run['size']:>9} {run['fps']:>6.1f} {run['source_fps']:>5.0f} {run['dropped']:>5} "
+              f"{run['cpu_percent']:>5.0f} {latency['p50']:>6.1f} {latency['p95']:>6.1f} {latency['p99']:>6.1f}  {stages}")
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """Latency CDF per stage (and end to end) and fps over time, one row per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(runs), 2, figsize=(12, 3.6 * len(runs)), squeeze=False)
+    for row, run in zip(axes, runs):
+        title = f"{run['backend']} {run['size']}"
+        for name, samples in run["stage_samples"].items():
+            values = np.sort(samples)
+            row[0].plot(values, np.linspace(0, 1, len(values)), label=name, linewidth=2 if name == "end_to_end" else 1)
+        row[0].set_xscale("log")
+        row[0].set_xlabel("milliseconds")
+        row[0].set_ylabel("fraction of frames")
+        row[0].set_title(f"latency CDF, {title}")
+        row[0].legend(fontsize=7)
+        points = np.array(run["fps_over_time"]) if run["fps_over_time"] else np.zeros((0, 2))
+        row[1].plot(points[:, 0], points[:, 1], label="achieved")
+        row[1].axhline(run["source_fps"], color="grey", linestyle="--", label="source")
+        row[1].set_xlabel("seconds")
+        row[1].set_ylabel("fps (1 s window)")
+        row[1].set_title(f"fps over time, {title}")
+        row[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = BenchSettings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=defaults.source, help="demo, a video file, synthetic:WxH@FPS or a camera")
+    parser.add_argument("--size", default=defaults.size, help="demo and camera size (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=defaults.fps, help="demo and camera rate (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=defaults.frames)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--backend", default=defaults.backend, choices=("auto", *BACKENDS))
+    parser.add_argument("--model", default=defaults.model)
+    parser.add_argument("--bg", default=defaults.bg)
+    parser.add_argument("--sink", default=defaults.sink, help="null, vcam, window or a video file (default: null)")
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--pace", action=argparse.BooleanOptionalAction, default=True,
+                        help="deliver frames at the source rate like a camera (default: on)")
+    parser.add_argument("--matrix", action="store_true", help="run every backend × model × size below")
+    parser.add_argument("--backends", default="onnxruntime,torch-cpu", help="for --matrix")
+    parser.add_argument("--models", default=DEFAULT_MODEL, help="for --matrix and --engine-only")
+    parser.add_argument("--sizes", default="640x480,1280x720", help="for --matrix")
+    parser.add_argument("--engine-only", action="store_true", help="time the network alone per backend and model")
+    parser.add_argument("--iterations", type=int, default=200, help="timed calls per engine in --engine-only")
+    parser.add_argument("--json", type=Path, help="write every number here, and a PNG beside it")
+    parser.add_argument("--min-fps", type=float, help="exit 1 if any run is slower")
+    parser.add_argument("--max-latency-ms", type=float, help="exit 1 if any run's p95 end-to-end latency is higher")
+    args = parser.parse_args(argv)
+
+    report: dict = {"machine": machine()}
+    if args.engine_only:
+        report["engines"] = engine_only(args.models.split(","), args.size, args.iterations, args.threads)
+        for entry in report["engines"]:
+            if "skipped" in entry:
+                print(f"{entry['backend']:<12} {entry['model']}: skipped ({entry['skipped']})")
+            else:
+                ms = entry["ms"]
+                print(f"{entry['backend']:<12} {entry['model']} {entry['input']}: p50 {ms['p50']:.2f} p95 {ms['p95']:.2f} p99 {ms['p99']:.2f} ms")
+        runs = []
+    else:
+        base = {k: v for k, v in vars(args).items() if k in BenchSettings.__dataclass_fields__}
+        if args.matrix:
+            combos = [(b, m, s) for b in args.backends.split(",") for m in args.models.split(",") for s in args.sizes.split(",")]
+        else:
+            combos = [(args.backend, args.model, args.size)]
+        runs = []
+        for backend, model, size in combos:
+            try:
+                runs.append(run_once(BenchSettings(**base | {"backend": backend, "model": model, "size": size})))
+            except (BackendMissing, EngineError) as error:
+                print(f"{backend} {model} {size}: skipped ({error})", file=sys.stderr)
+        print_table(runs)
+        if len(runs) == 1:
+            report |= {k: v for k, v in runs[0].items()}
+        else:
+            report["runs"] = runs
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        if runs:
+            plot(runs, args.json.with_suffix(".png"))
+        print(f"wrote {args.json}" + (f" and {args.json.with_suffix('.png')}" if runs else ""))
+
+    failures = []
+    for run in runs:
+        if args.min_fps is not None and run["fps"] < args.min_fps:
+            failures.append(f"{run['backend']} {run['size']}: {run['fps']} fps < {args.min_fps}")
+        if args.max_latency_ms is not None and run["latency_ms"]["p95"] > args.max_latency_ms:
+            failures.append(f"{run['backend']} {run['size']}: p95 latency {run['latency_ms']['p95']} ms > {args.max_latency_ms}")
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

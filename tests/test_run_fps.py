@@ -1,0 +1,55 @@
+"""The latency harness: its JSON contract, its plot, and its pass/fail thresholds."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream.timing import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_fps():
+    spec = importlib.util.spec_from_file_location("run_fps", ROOT / "benchmarks" / "run_fps.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_fps"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_json_has_the_keys_other_tools_rely_on(run_fps, tmp_path):
+    out = tmp_path / "bench.json"
+    code = run_fps.main(["--source", "synthetic:320x240@30", "--frames", "12", "--warmup", "2", "--no-pace",
+                         "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["frames"] == 12 and report["fps"] > 0 and report["source_fps"] == 30
+    assert report["dropped"] == 0  # not paced: every frame is processed
+    assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
+    for stage in ("capture", "preprocess", "infer", "smooth", "composite", "sink"):
+        assert set(report["stages"][stage]) == {"p50", "p95", "p99"}
+    assert report["stages"]["infer"]["p50"] > 0
+    assert report["latency_ms"]["p50"] >= report["stages"]["infer"]["p50"]
+    assert report["machine"]["cores"] >= 1 and "torch" in report["machine"]["versions"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert set(report["stage_samples"]) == set(STAGES) | {"end_to_end"}
+
+
+def test_thresholds_fail_the_exit_code(run_fps, capsys):
+    code = run_fps.main(["--source", "synthetic:160x120@30", "--frames", "5", "--warmup", "1", "--no-pace",
+                         "--min-fps", "100000"])
+    assert code == 1
+    assert "FAIL" in capsys.readouterr().err
+
+
+def test_engine_only_reports_each_backend(run_fps, tmp_path):
+    out = tmp_path / "engines.json"
+    assert run_fps.main(["--engine-only", "--size", "320x240", "--iterations", "5", "--json", str(out)]) == 0
+    entries = {e["backend"]: e for e in json.loads(out.read_text())["engines"]}
+    assert entries["onnxruntime"]["ms"]["p50"] > 0
+    assert "skipped" in entries["tensorrt"]
