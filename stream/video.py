@@ -22,16 +22,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.segmenter import BACKENDS, DEFAULT_MODEL, BackendMissing, EngineError, open_segmenter
+from engines.segmenter import BACKENDS, DEFAULT_MODEL, open_segmenter
 from stream.backgrounds import open_background
-from stream.errors import BadArgument, SinkUnavailable, SourceUnavailable
+from stream.errors import BadArgument, SourceUnavailable, run_cli
 from stream.frames import download, guided_upsample, network_size, preprocess, upload
 from stream.pipeline import compose
-from stream.sinks import FileSink, PngSequenceSink, check_video_suffix, partial_path
+from stream.sinks import FileSink, PngSequenceSink, check_video_suffix
 from stream.smoothing import smooth_window
 
 log = logging.getLogger("stream")
@@ -227,20 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    settings = VideoSettings(**vars(args))
-    try:
-        if settings.batch <= 0 or not 0 <= settings.smooth < 1:
-            raise BadArgument("--batch must be positive and --smooth in [0, 1)")
-        summary = process_video(settings)
-    except BadArgument as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (SourceUnavailable, SinkUnavailable, BackendMissing, EngineError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+def run(settings: VideoSettings) -> int:
+    if settings.batch <= 0 or not 0 <= settings.smooth < 1:
+        raise BadArgument("--batch must be positive and --smooth in [0, 1)")
+    summary = process_video(settings)
     if summary.bad_packets:
         log.warning("%d bad video packet(s) skipped: the output is shorter than the input (%d frames)",
                     summary.bad_packets, summary.frames)
@@ -249,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     log.info("wrote %s: %d frames", settings.output, summary.frames)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = VideoSettings(**vars(build_parser().parse_args(argv)))
+    return run_cli(lambda: run(settings))
 
 
 if __name__ == "__main__":

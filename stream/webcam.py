@@ -13,9 +13,9 @@ import logging
 import sys
 from contextlib import ExitStack
 
-from engines.segmenter import BACKENDS, DEFAULT_MODEL, BackendMissing, EngineError, open_segmenter
+from engines.segmenter import BACKENDS, DEFAULT_MODEL, open_segmenter
 from stream.backgrounds import open_background
-from stream.errors import BadArgument, SinkUnavailable, SourceUnavailable
+from stream.errors import BadArgument, run_cli
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
 from stream.sinks import SinkSettings, open_sink
 from stream.sources import SourceSettings, open_source, parse_size
@@ -107,19 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except BadArgument as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (SourceUnavailable, SinkUnavailable, BackendMissing, EngineError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":
