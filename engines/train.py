@@ -76,13 +76,15 @@ def _flip_only(images: torch.Tensor, masks: torch.Tensor, out_size, generator) -
 
 
 def prediction_grid(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
-    """Rows of image | truth | prediction overlay, as an H×W×3 uint8 BGR picture for cv2."""
+    """Rows of image | truth | prediction overlay, as an H×W×3 uint8 BGR picture for cv2.
+
+    images N×3×H×W and masks N×1×H×W uint8, alpha N×1×H×W in [0, 1]."""
     rows = []
     for image, mask, a in zip(images, masks, alpha):
         picture = image.permute(1, 2, 0).numpy()
-        truth = np.repeat(mask[0].numpy()[..., None], 3, 2) * 255
+        truth = np.repeat(mask[0].numpy()[..., None], 3, 2)  # uint8 masks hold 0 or 255
         overlay = picture.astype(np.float32) * (0.35 + 0.65 * a[0].numpy()[..., None])
-        rows.append(np.concatenate([picture, truth.astype(np.uint8), overlay.astype(np.uint8)], 1))
+        rows.append(np.concatenate([picture, truth, overlay.astype(np.uint8)], 1))
     return cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR)
 
 
