@@ -48,7 +48,7 @@ def _box(image: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def guided_upsample(
-    alpha: torch.Tensor, small_image: torch.Tensor, frame: torch.Tensor, radius: int = 2, eps: float = 1e-3
+    alpha: torch.Tensor, small_image: torch.Tensor, frame: torch.Tensor, radius: int = 4, eps: float = 1e-3
 ) -> torch.Tensor:
     """Edge-aware upsampling of a low-resolution matte to the frame (fast guided filter).
 
@@ -57,7 +57,8 @@ def guided_upsample(
     The filter's linear coefficients are fitted at low resolution against the green channel
     (a cheap stand-in for luminance) and applied to the full-resolution green channel, so
     edges follow the frame's real edges (hair, fingers) instead of the network's coarse grid.
-    Returns H×W×1 float32 in [0, 1].
+    Returns H×W×1 float32 in [0, 1]. The radius (in network pixels) was chosen on the
+    portraits' validation split: 4 beat 1–3 on IoU and on boundary F-score.
     """
     guide = small_image[:, 1:2]
     mean_guide, mean_alpha = _box(guide, radius), _box(alpha, radius)
