@@ -216,11 +216,11 @@ def augment(
     keep = inside * (1 - paste) + paste * mask
     image = image * keep + background * (1 - keep)
 
-    # Dark clothes: darken the person below the upper third of its extent.
+    # Dark clothes: darken the person from a quarter of the frame below the top of the head.
     ys = torch.linspace(0, 1, out_h, device=device).view(1, 1, out_h, 1)
-    top = (mask.amax(dim=3, keepdim=True) > 0.5).float()
-    first_row = (top * (1 - ys)).amax(dim=2, keepdim=True)
-    below_face = (ys > (1 - first_row) + 0.25).float()
+    person_rows = (mask.amax(dim=3, keepdim=True) > 0.5).float()
+    head_top = 1 - (person_rows * (1 - ys)).amax(dim=2, keepdim=True)  # first person row, 0–1
+    below_face = (ys > head_top + 0.25).float()
     darken = chance(settings.dark_clothes) * mask * below_face
     image = image * (1 - darken * uniform(0.5, 0.9).view(n, 1, 1, 1))
 
