@@ -91,14 +91,14 @@ class ColourBackground:
 class BlurBackground:
     """The frame's own background, blurred, with the person's colours kept out of it.
 
-    The blur is a normalised convolution at the network's resolution: the image weighted by
-    (1 − alpha), blurred, divided by the blurred weight. The person's pixels add nothing, so
-    no halo of their colours surrounds them. The result is upsampled to the frame.
+    The blur is a normalised convolution at half the network's resolution: the image
+    weighted by (1 − alpha), blurred, divided by the blurred weight. The person's pixels add
+    nothing, so no halo of their colours surrounds them. The result is upsampled to the frame.
     """
 
-    def __init__(self, sigma: float = 4.0) -> None:
+    def __init__(self, sigma: float = 2.0) -> None:
         self.name = "blur"
-        self.sigma = sigma
+        self.sigma = sigma  # in pixels at half the network's resolution
 
     def _gaussian(self, image: torch.Tensor) -> torch.Tensor:
         radius = int(3 * self.sigma)
@@ -109,13 +109,14 @@ class BlurBackground:
         return F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.transpose(2, 3), groups=image.shape[1])
 
     def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
-        weight = 1 - small_alpha
-        blurred = self._gaussian(torch.cat([small_image * weight, weight], 1))
-        background = blurred[:, :3] / blurred[:, 3:].clamp(min=1e-3)
-        # Where the person covers everything nearby, fall back to a plain blur of the image.
-        plain = self._gaussian(small_image)
-        trust = (blurred[:, 3:] * 4).clamp(max=1)
-        background = torch.lerp(plain, background, trust) * 255
+        weight = F.avg_pool2d(1 - small_alpha, 2, ceil_mode=True)
+        image = F.avg_pool2d(small_image, 2, ceil_mode=True)
+        # One convolution blurs the weighted image, the weight, and the plain image.
+        blurred = self._gaussian(torch.cat([image * weight, weight, image], 1))
+        background = blurred[:, :3] / blurred[:, 3:4].clamp(min=1e-3)
+        # Where the person covers everything nearby, fall back to the plain blur.
+        trust = (blurred[:, 3:4] * 4).clamp(max=1)
+        background = torch.lerp(blurred[:, 4:], background, trust) * 255
         return resize_image(background, frame.shape[:2])
 
 

@@ -43,8 +43,13 @@ def preprocess(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _box(image: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)² window, with edges handled by averaging only inside the image."""
-    return F.avg_pool2d(image, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    """Mean over a (2r+1)² window, with edges handled by averaging only inside the image.
+
+    Two one-dimensional passes: 2(2r+1) reads per pixel instead of (2r+1)².
+    """
+    size = 2 * radius + 1
+    rows = F.avg_pool2d(image, (1, size), stride=1, padding=(0, radius), count_include_pad=False)
+    return F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
 
 
 def guided_upsample(
@@ -61,9 +66,10 @@ def guided_upsample(
     portraits' validation split: 4 beat 1–3 on IoU and on boundary F-score.
     """
     guide = small_image[:, 1:2]
-    mean_guide, mean_alpha = _box(guide, radius), _box(alpha, radius)
-    covariance = _box(guide * alpha, radius) - mean_guide * mean_alpha
-    variance = _box(guide * guide, radius) - mean_guide * mean_guide
+    means = _box(torch.cat([guide, alpha, guide * alpha, guide * guide], 1), radius)
+    mean_guide, mean_alpha = means[:, 0:1], means[:, 1:2]
+    covariance = means[:, 2:3] - mean_guide * mean_alpha
+    variance = means[:, 3:4] - mean_guide * mean_guide
     a = covariance / (variance + eps)
     b = mean_alpha - a * mean_guide
     height, width = frame.shape[:2]

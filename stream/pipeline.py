@@ -7,6 +7,7 @@ with a GPU segmenter, entirely on the GPU (one upload, one download per frame).
 """
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,22 @@ class RunSummary:
     interrupted: bool = False
 
 
+def keep_freed_memory() -> None:
+    """Stop glibc from handing each freed frame-sized buffer back to the system.
+
+    Every full-resolution tensor is allocated anew each frame; by default glibc maps such
+    large blocks fresh and unmaps them on free, so each one costs page faults. Keeping them
+    halves the compositing time at 1280x720. Elsewhere than glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    mallopt_trim_threshold, mallopt_mmap_threshold = -1, -3
+    libc.mallopt(mallopt_trim_threshold, 1 << 30)
+    libc.mallopt(mallopt_mmap_threshold, 1 << 30)
+
+
 class FrameProcessor:
     """One frame through preprocess, infer, smooth, upsample and composite.
 
@@ -54,6 +71,8 @@ class FrameProcessor:
         self.smoother = TemporalSmoother(smooth)
         self.long_side = long_side
         self.frame_shape: tuple[int, ...] | None = None
+        if self.device.type == "cpu":
+            keep_freed_memory()
 
     @property
     def background(self) -> Background:
