@@ -25,6 +25,7 @@ from engines.data import read_mask, read_rgb, read_split
 from engines.metrics import boundary_f, iou
 from engines.segmenter import BACKENDS, DEFAULT_MODEL, open_segmenter
 from stream.frames import guided_upsample, network_size, preprocess
+from stream.pipeline import prepare_stages
 
 
 def predict(segmenter, image: np.ndarray, long_side: int, upsample: str) -> tuple[np.ndarray, float]:
@@ -59,9 +60,9 @@ def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], wi
     return cv2.cvtColor(np.concatenate(lines, 0), cv2.COLOR_RGB2BGR)
 
 
-def evaluate(data: Path, split: str, model: str, backend: str, long_side: int = 256, upsample: str = "guided",
+def evaluate(segmenter, data: Path, split: str, model: str, long_side: int = 256, upsample: str = "guided",
              limit: int | None = None) -> tuple[dict, list]:
-    segmenter = open_segmenter(backend, model)
+    """The report, and the ten worst (IoU, name) pairs."""
     names = read_split(data, split)[:limit]
     scores, edges, times, worst = [], [], [], []
     for name in tqdm(names, desc=f"evaluating {model} on {split}"):
@@ -99,14 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the per-pixel work; the network has its own threads
-    report, worst = evaluate(args.data, args.split, args.model, args.backend, args.long_side, args.upsample, args.limit)
+    segmenter = open_segmenter(args.backend, args.model)
+    prepare_stages(segmenter.device)
+    report, worst = evaluate(segmenter, args.data, args.split, args.model, args.long_side, args.upsample, args.limit)
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     sheet_path = args.json.with_suffix(".worst.png") if args.json else Path("worst.png")
-    segmenter = open_segmenter(args.backend, args.model)
     rows = []
     for score, name in worst:
         image = read_rgb(args.data / "images" / f"{name}.jpg")

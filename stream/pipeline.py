@@ -39,13 +39,18 @@ class RunSummary:
     interrupted: bool = False
 
 
-def keep_freed_memory() -> None:
-    """Stop glibc from handing each freed frame-sized buffer back to the system.
+def prepare_stages(device: torch.device, threads: int = 1) -> None:
+    """Set the process up for the per-pixel stages on `device` (the live loop and file mode).
 
-    Every full-resolution tensor is allocated anew each frame; by default glibc maps such
-    large blocks fresh and unmaps them on free, so each one costs page faults. Keeping them
-    halves the compositing time at 1280x720. Elsewhere than glibc this does nothing.
+    On the CPU: `threads` torch threads (the network keeps its own), and glibc is stopped
+    from handing each freed frame-sized buffer back to the system. Every full-resolution
+    tensor is allocated anew each frame; by default glibc maps such large blocks fresh and
+    unmaps them on free, so each one costs page faults. Keeping them halves the compositing
+    time at 1280x720. Without glibc that part does nothing.
     """
+    if device.type != "cpu":
+        return
+    torch.set_num_threads(threads)
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -71,8 +76,6 @@ class FrameProcessor:
         self.smoother = TemporalSmoother(smooth)
         self.long_side = long_side
         self.frame_shape: tuple[int, ...] | None = None
-        if self.device.type == "cpu":
-            keep_freed_memory()
 
     @property
     def background(self) -> Background:
@@ -112,7 +115,7 @@ class FrameProcessor:
     ) -> torch.Tensor:
         if self.show_matte:
             matte = (alpha * 255).round_().to(torch.uint8).expand(-1, -1, 3)
-            return torch.cat([matte, torch.full_like(matte[:, :, :1], 255)], 2) if self.alpha_output else matte
+            return _opaque(matte) if self.alpha_output else matte
         return compose(image, pixels, small, small_alpha, alpha, self.background, self.alpha_output)
 
 
@@ -128,7 +131,12 @@ def compose(image: torch.Tensor, pixels: torch.Tensor, small: torch.Tensor, smal
     if backdrop is None:
         return torch.cat([image, (alpha * 255).round_().to(torch.uint8)], dim=2)
     output = composite(pixels, alpha, backdrop)
-    return torch.cat([output, torch.full_like(output[:, :, :1], 255)], dim=2) if rgba else output
+    return _opaque(output) if rgba else output
+
+
+def _opaque(frame: torch.Tensor) -> torch.Tensor:
+    """H×W×3 uint8 → H×W×4 with an opaque alpha channel."""
+    return torch.cat([frame, torch.full_like(frame[:, :, :1], 255)], dim=2)
 
 
 def run_loop(
@@ -142,7 +150,7 @@ def run_loop(
 
     Ctrl-C ends the loop with `interrupted` set; the caller closes the sinks.
     """
-    torch.set_num_threads(settings.stage_threads)
+    prepare_stages(processor.device, settings.stage_threads)
     reader = LatestFrameReader(source) if settings.live else source
     clock = StageClock(processor.device)
     count = 0

@@ -29,7 +29,7 @@ from engines.segmenter import BACKENDS, DEFAULT_MODEL, open_segmenter
 from stream.backgrounds import open_background
 from stream.errors import BadArgument, SourceUnavailable, run_cli
 from stream.frames import download, guided_upsample, network_size, preprocess, upload
-from stream.pipeline import compose
+from stream.pipeline import compose, prepare_stages
 from stream.sinks import FileSink, PngSequenceSink, check_video_suffix
 from stream.smoothing import smooth_window
 
@@ -137,7 +137,7 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     rgba = background is not None and background.name == "none"
     container = _open_input(settings.input)
     segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
-    torch.set_num_threads(1)  # per-pixel stages; the network keeps its own threads
+    prepare_stages(segmenter.device)
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     others = [s for s in container.streams if s.type in ("audio", "subtitle")]
