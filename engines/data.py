@@ -6,9 +6,11 @@
   `test.txt`) loaded whole into uint8 tensors at one size.
 - `coco_person_subset`: the seed article's COCO filter (1–2 people covering 20–70 % of the
   image), read with pycocotools from a local COCO copy.
+- `load_backgrounds`: a folder of photos with nobody in them (landscapes, rooms, wallpapers),
+  for pasting people onto.
 - `augment`: batch augmentation in torch, aimed at the seed's failure cases: poor and uneven
   light, blur and noise, dark clothes, scale and position, flips, and people pasted onto
-  other backgrounds. It runs on whatever device the batch is on.
+  other backgrounds, real or synthetic. It runs on whatever device the batch is on.
 """
 from __future__ import annotations
 
@@ -60,6 +62,24 @@ def load_portraits(
         mask = read_mask(root / "masks" / f"{name}.png").astype(np.uint8) * 255
         masks[i] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+
+
+def load_backgrounds(root: Path | str, size: tuple[int, int]) -> torch.Tensor:
+    """Every image under `root` (recursively), centre-cropped to the aspect of `size` (H, W)
+    and resized to it, as N×3×H×W uint8."""
+    height, width = size
+    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    images = []
+    for path in paths:
+        image = read_rgb(path)
+        h, w = image.shape[:2]
+        crop_h, crop_w = min(h, round(w * height / width)), min(w, round(h * width / height))
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        crop = image[top : top + crop_h, left : left + crop_w]
+        images.append(cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA))
+    if not images:
+        raise FileNotFoundError(f"no images under {root}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,19 @@ def synthetic_backgrounds(n: int, size: tuple[int, int], generator: torch.Genera
     return background
 
 
+def background_crops(bank: torch.Tensor, n: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """N×3×H×W float crops of random photos of `bank` (uint8), each zoomed 1–2.5× and mirrored by chance."""
+    device = bank.device
+    pick = torch.randint(0, len(bank), (n,), generator=generator, device=device)
+    zoom = 1 / (1 + 1.5 * torch.rand(n, generator=generator, device=device))
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = zoom * torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    theta[:, 1, 1] = zoom
+    theta[:, :, 2] = (1 - zoom[:, None]) * (2 * torch.rand(n, 2, generator=generator, device=device) - 1)
+    grid = F.affine_grid(theta, [n, 3, *size], align_corners=False)
+    return F.grid_sample(bank[pick].float() / 255, grid, mode="bilinear", align_corners=False)
+
+
 def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Per-image Gaussian blur (sigma in pixels, one per image; 0 leaves the image)."""
     radius = 4
@@ -158,7 +191,8 @@ class AugmentSettings:
     scale: tuple[float, float] = (0.7, 1.3)  # <1 zooms out (person smaller)
     shift: float = 0.2  # fraction of the frame
     rotate_degrees: float = 12.0
-    paste: float = 0.4  # chance to put the person on a synthetic background
+    paste: float = 0.4  # chance to put the person on another background
+    real_background: float = 0.7  # share of those backgrounds taken from photos, when there are any
     blur: float = 0.25
     noise: float = 0.3
     uneven_light: float = 0.4
@@ -171,11 +205,14 @@ def augment(
     out_size: tuple[int, int],
     generator: torch.Generator,
     settings: AugmentSettings = AugmentSettings(),
+    backgrounds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: uint8 N×3×H×W images and N×1×H×W masks in, float [0, 1] out at `out_size`.
 
     Output size may have another aspect than the input (landscape crops of portrait photos):
-    the area outside the photo is filled with a synthetic background and labelled background.
+    the area outside the photo is filled with another background and labelled background.
+    `backgrounds` (uint8 photos with nobody in them, see `load_backgrounds`) supply that share
+    of the other backgrounds; the rest are synthetic.
     """
     device = images.device
     n = images.shape[0]
@@ -212,6 +249,9 @@ def augment(
 
     # Backgrounds: outside the photo always, and behind the person by chance.
     background = synthetic_backgrounds(n, out_size, generator, device)
+    if backgrounds is not None:
+        real = chance(settings.real_background)
+        background = background * (1 - real) + background_crops(backgrounds, n, out_size, generator) * real
     paste = chance(settings.paste)
     keep = inside * (1 - paste) + paste * mask
     image = image * keep + background * (1 - keep)

@@ -1,6 +1,8 @@
-"""Train a Tiramisu on a portrait folder.
+"""Train a Tiramisu on a portrait folder, optionally with teacher-labelled extra folders.
 
     python -m engines.train --data ../shared/data/portraits --preset compact --epochs 60 --out runs/compact
+    python -m engines.train --data ../shared/data/portraits --extra runs/fullbody --backgrounds photos/ \
+        --init engines/weights/compact.safetensors --min-scale 0.4 --epochs 30 --out runs/fullbody-tune
 
 Two recipes:
 - `seed`: the article's baseline (two classes, cross-entropy, RMSProp at lr 1e-3, flips only).
@@ -8,9 +10,14 @@ Two recipes:
   the augmentation of `engines.data.augment` (light, blur, noise, dark clothes, scale,
   position, landscape framing, pasted backgrounds).
 
-Both hold out a fixed tenth of the train split for validation, keep the checkpoint with the
-best validation IoU as `best.safetensors`, write `last.pt` every epoch (`--resume` continues
-from it), and save `grid_NNN.png`: predictions on fixed validation images.
+`--extra` folders (the same layout, e.g. written by `engines.pseudo_label`) are further pools:
+a share of the batches (`--extra-share`) comes from them, from each in proportion to its size. `--backgrounds` is a folder of
+photos with nobody in them that people are pasted onto. `--init` starts from trained weights.
+
+Every pool holds out a fixed tenth for validation; the validation score is the mean of the
+pools' IoUs. Training keeps the checkpoint with the best score as `best.safetensors`, writes
+`last.pt` every epoch (`--resume` continues from it), and saves `grid_NNN.png`: predictions
+on fixed validation images of each pool.
 """
 from __future__ import annotations
 
@@ -28,9 +35,9 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from engines.data import AugmentSettings, augment, load_portraits, read_split
+from engines.data import AugmentSettings, augment, load_backgrounds, load_portraits, read_rgb, read_split
 from engines.metrics import batch_iou
-from engines.tiramisu import PRESETS, Tiramisu, save_weights
+from engines.tiramisu import PRESETS, Tiramisu, load_weights, save_weights
 
 
 @dataclass
@@ -50,6 +57,11 @@ class TrainSettings:
     threads: int = 2
     seed: int = 0
     resume: bool = False
+    extra: tuple[str, ...] = ()
+    extra_share: float = 0.5
+    backgrounds: str | None = None
+    init: str | None = None
+    min_scale: float = 0.7
 
 
 def split_validation(names: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -58,6 +70,35 @@ def split_validation(names: list[str], seed: int) -> tuple[list[str], list[str]]
     random.Random(seed).shuffle(shuffled)
     cut = max(1, len(shuffled) // 10)
     return shuffled[cut:], shuffled[:cut]
+
+
+@dataclass
+class Pool:
+    """One training folder in memory: what augmentation draws from, and its held-out tenth."""
+
+    name: str
+    images: torch.Tensor
+    masks: torch.Tensor
+    val_images: torch.Tensor
+    val_masks: torch.Tensor
+    landscape: bool
+
+
+def load_pool(root: str, crop: tuple[int, int], seed: int) -> Pool:
+    """`root`'s train split, loaded with room to zoom in; the folder's first image sets its aspect."""
+    train_names, val_names = split_validation(read_split(root, "train"), seed)
+    height, width = read_rgb(Path(root) / "images" / f"{train_names[0]}.jpg").shape[:2]
+    landscape = width > height
+
+    def keep_aspect(long_side: int, multiple: int = 1) -> tuple[int, int]:
+        short = round(long_side * min(height, width) / max(height, width) / multiple) * multiple
+        return (short, long_side) if landscape else (long_side, short)
+
+    load_size = keep_aspect(max(crop) * 5 // 4)
+    print(f"loading {root}: {len(train_names)} training and {len(val_names)} validation images at {load_size}")
+    images, masks = load_portraits(root, "train", load_size, train_names)
+    val_images, val_masks = load_portraits(root, "train", keep_aspect(max(crop), multiple=16), val_names)
+    return Pool(Path(root).name, images, masks, val_images, val_masks, landscape)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,13 +130,12 @@ def prediction_grid(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tens
 
 
 @torch.no_grad()
-def validate(model: Tiramisu, images: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> float:
+def validate(model: Tiramisu, images: torch.Tensor, masks: torch.Tensor) -> float:
     model.eval()
     scores = []
     for start in range(0, len(images), 32):
-        image = F.interpolate(images[start : start + 32].float() / 255, size=size, mode="bilinear", align_corners=False)
-        truth = F.interpolate(masks[start : start + 32].float() / 255, size=size, mode="bilinear", align_corners=False) > 0.5
-        scores.append(batch_iou(model.alpha(image) > 0.5, truth))
+        image = images[start : start + 32].float() / 255
+        scores.append(batch_iou(model.alpha(image) > 0.5, masks[start : start + 32] > 127))
     model.train()
     return float(torch.cat(scores).mean())
 
@@ -107,14 +147,18 @@ def train(settings: TrainSettings) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
 
-    train_names, val_names = split_validation(read_split(settings.data, "train"), settings.seed)
-    load_size = (settings.size[0] * 5 // 4, settings.size[1] * 5 // 4)  # room to zoom in
-    print(f"loading {len(train_names)} training and {len(val_names)} validation portraits at {load_size}")
-    train_images, train_masks = load_portraits(settings.data, "train", load_size, train_names)
-    val_images, val_masks = load_portraits(settings.data, "train", settings.size, val_names)
+    pools = [load_pool(root, settings.size, settings.seed) for root in (settings.data, *settings.extra)]
+    shares = torch.ones(1)  # chance of each pool per batch
+    if settings.extra:
+        sizes = torch.tensor([float(len(pool.images)) for pool in pools[1:]])
+        shares = torch.cat([torch.tensor([1 - settings.extra_share]), settings.extra_share * sizes / sizes.sum()])
+    backgrounds = None
+    if settings.backgrounds:
+        backgrounds = load_backgrounds(settings.backgrounds, (settings.size[0] * 3 // 2, settings.size[0] * 2))
+        print(f"{len(backgrounds)} background photos from {settings.backgrounds}")
 
-    model = Tiramisu.from_preset(settings.preset)
-    steps_per_epoch = len(train_names) // settings.batch
+    model = load_weights(settings.init) if settings.init else Tiramisu.from_preset(settings.preset)
+    steps_per_epoch = sum(len(pool.images) for pool in pools) // settings.batch
     total_steps = steps_per_epoch * settings.epochs
     if settings.recipe == "seed":
         optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
@@ -141,21 +185,23 @@ def train(settings: TrainSettings) -> None:
         print(f"resumed after epoch {checkpoint['epoch']} (best validation IoU {best:.2f})")
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
-    augment_settings = AugmentSettings()
+    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]))
     model.train()
     for epoch in range(start_epoch, settings.epochs):
-        order = torch.randperm(len(train_names), generator=generator)
         progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False)
         losses = []
         started = time.perf_counter()
         for step in progress:
-            index = order[step * settings.batch : (step + 1) * settings.batch]
-            landscape = settings.recipe != "seed" and torch.rand(1, generator=generator).item() < settings.landscape_share
+            pool = pools[int(torch.multinomial(shares, 1, generator=generator))]
+            index = torch.randint(0, len(pool.images), (settings.batch,), generator=generator)
+            landscape_share = 1 - settings.landscape_share if pool.landscape else settings.landscape_share
+            landscape = settings.recipe != "seed" and torch.rand(1, generator=generator).item() < landscape_share
             size = settings.landscape_size if landscape else settings.size
             if settings.recipe == "seed":
-                image, target = _flip_only(train_images[index], train_masks[index], size, generator)
+                image, target = _flip_only(pool.images[index], pool.masks[index], size, generator)
             else:
-                image, target = augment(train_images[index], train_masks[index], size, generator, augment_settings)
+                image, target = augment(pool.images[index], pool.masks[index], size, generator, augment_settings,
+                                        backgrounds)
             logits = model(image)
             loss = F.cross_entropy(logits, target[:, 0].long())
             if settings.recipe != "seed":
@@ -167,7 +213,8 @@ def train(settings: TrainSettings) -> None:
             losses.append(loss.item())
             progress.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
 
-        val_iou = validate(model, val_images, val_masks, settings.size)
+        pool_scores = {pool.name: validate(model, pool.val_images, pool.val_masks) for pool in pools}
+        val_iou = float(np.mean(list(pool_scores.values())))
         improved = val_iou > best
         if improved:
             best = val_iou
@@ -177,14 +224,19 @@ def train(settings: TrainSettings) -> None:
                     "epoch": epoch, "best": best}, checkpoint_path)
         with torch.no_grad():
             model.eval()
-            sample = F.interpolate(val_images[:8].float() / 255, size=settings.size, mode="bilinear", align_corners=False)
-            cv2.imwrite(str(out / f"grid_{epoch + 1:03d}.png"), prediction_grid(val_images[:8], val_masks[:8], model.alpha(sample)))
+            grids = []
+            for pool in pools:
+                sample = pool.val_images[:4]
+                picture = prediction_grid(sample, pool.val_masks[:4], model.alpha(sample.float() / 255))
+                grids.append(cv2.resize(picture, (480, round(picture.shape[0] * 480 / picture.shape[1]))))
+            cv2.imwrite(str(out / f"grid_{epoch + 1:03d}.png"), np.concatenate(grids, 0))
             model.train()
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "best": best,
-                  "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started}
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "pools": pool_scores,
+                  "best": best, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started}
         with open(out / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
-        print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val IoU {val_iou:.2f}{' (best)' if improved else ''}"
+        per_pool = ", ".join(f"{name} {score:.2f}" for name, score in pool_scores.items())
+        print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val IoU {val_iou:.2f} ({per_pool}){' (best)' if improved else ''}"
               f"  {record['seconds']:.0f}s", flush=True)
 
 
@@ -207,7 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--extra", action="append", default=[], help="another folder of the same layout (repeatable)")
+    parser.add_argument("--extra-share", type=float, default=defaults.extra_share,
+                        help="share of batches drawn from the --extra folders (default: %(default)s)")
+    parser.add_argument("--backgrounds", help="folder of photos with nobody in them, to paste people onto")
+    parser.add_argument("--init", help="start from these weights (.safetensors) instead of random ones")
+    parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
+                        help="smallest zoom of the augmentation; below 1 makes people smaller (default: %(default)s)")
     args = parser.parse_args(argv)
+    args.extra = tuple(args.extra)
     train(TrainSettings(**vars(args)))
 
 

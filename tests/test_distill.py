@@ -1,0 +1,83 @@
+"""Teacher labels for full-body footage, and training that mixes them with the portraits.
+The teacher here is a stand-in that finds the clip's skin-toned figure by its colour."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import torch
+
+from engines.data import background_crops, load_backgrounds
+from engines.pseudo_label import confident, label
+from engines.train import main as train_main
+from tests.conftest import make_clip
+from tests.test_train import paint_portraits
+
+
+def skin_teacher(image: np.ndarray) -> np.ndarray:
+    return (np.abs(image.astype(int) - (200, 150, 120)).sum(-1) < 60).astype(np.float32)
+
+
+def test_confidence_rule():
+    sure = np.zeros((100, 100), np.float32)
+    sure[20:80, 40:60] = 1.0
+    assert confident(sure, max_unsure=1.0)
+    unsure = sure.copy()
+    unsure[10:90, 20:80] = np.where(unsure[10:90, 20:80] > 0, 1.0, 0.5)  # a wide half-sure halo
+    assert not confident(unsure, max_unsure=1.0)
+    assert not confident(np.zeros((100, 100), np.float32), max_unsure=1.0)  # nobody there
+
+
+def test_label_writes_a_training_folder_and_adds_to_it(tmp_path):
+    clip = make_clip(tmp_path / "walk.mp4", frames=12, size=(320, 240))
+    out = tmp_path / "fullbody"
+    names = label([clip], out, skin_teacher, every=4, long_side=160)
+    assert names == ["walk_00000", "walk_00004", "walk_00008"]
+    image = cv2.imread(str(out / "images" / "walk_00004.jpg"))
+    mask = cv2.imread(str(out / "masks" / "walk_00004.png"), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == (120, 160, 3) and mask.shape == (120, 160)
+    # The figure fills the lower two thirds of a quarter-wide column; the red patch is not it.
+    assert mask[100, 60] == 255 and mask[5, 5] == 0 and mask[100, 5] == 0
+
+    empty = np.full((90, 120, 3), 120, np.uint8)
+    cv2.imwrite(str(tmp_path / "empty_room.png"), empty)
+    portrait = empty.copy()
+    portrait[30:, 40:80] = (120, 150, 200)  # BGR on disk, RGB (200, 150, 120) when read
+    cv2.imwrite(str(tmp_path / "standing.png"), portrait)
+    added = label([tmp_path / "empty_room.png", tmp_path / "standing.png"], out, skin_teacher)
+    assert added == ["standing"]  # nobody in the empty room: left out rather than taught as background
+    assert (out / "train.txt").read_text().split() == [*names, "standing"]
+
+
+def test_background_photos_fill_the_crops(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, colour in enumerate([(0, 0, 255), (0, 255, 0)]):
+        cv2.imwrite(str(folder / f"{index}.jpg"), np.full((300, 500, 3), colour, np.uint8))
+    bank = load_backgrounds(folder, (48, 64))
+    assert bank.shape == (2, 3, 48, 64)
+    crops = background_crops(bank, 8, (32, 40), torch.Generator().manual_seed(0))
+    assert crops.shape == (8, 3, 32, 40)
+    means = crops.mean(dim=(2, 3))
+    # Each crop is one photo, red or green, never blank or mixed.
+    assert torch.all((means[:, 0] > 0.95) ^ (means[:, 1] > 0.95))
+
+
+def test_training_mixes_pools_and_starts_from_weights(tmp_path):
+    portraits, extra, photos = tmp_path / "portraits", tmp_path / "fullbody", tmp_path / "photos"
+    paint_portraits(portraits)
+    clip = make_clip(tmp_path / "walk.mp4", frames=40, size=(128, 96))
+    label([clip], extra, skin_teacher, every=2)
+    photos.mkdir()
+    cv2.imwrite(str(photos / "wall.jpg"), np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    common = ["--data", str(portraits), "--size", "64x48", "--batch", "6", "--threads", "1"]
+    train_main([*common, "--out", str(tmp_path / "first"), "--epochs", "1"])
+    train_main([*common, "--out", str(tmp_path / "tuned"), "--epochs", "2", "--extra", str(extra),
+                "--backgrounds", str(photos), "--init", str(tmp_path / "first" / "best.safetensors"),
+                "--min-scale", "0.4"])
+    log = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
+    assert set(log[-1]["pools"]) == {"portraits", "fullbody"}
+    assert abs(log[-1]["val_iou"] - np.mean(list(log[-1]["pools"].values()))) < 1e-9
+    settings = json.loads((tmp_path / "tuned" / "settings.json").read_text())
+    assert settings["extra"] == [str(extra)] and settings["min_scale"] == 0.4
