@@ -11,8 +11,9 @@ Two recipes:
   position, landscape framing, pasted backgrounds).
 
 `--extra` folders (the same layout, e.g. written by `engines.pseudo_label`) are further pools:
-a share of the batches (`--extra-share`) comes from them, from each in proportion to its size. `--backgrounds` is a folder of
-photos with nobody in them that people are pasted onto. `--init` starts from trained weights.
+a share of the batches (`--extra-share`) comes from them, from each in proportion to its
+size. `--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
+`--init` starts from trained weights of the same preset.
 
 Every pool holds out a fixed tenth for validation; the validation score is the mean of the
 pools' IoUs. Training keeps the checkpoint with the best score as `best.safetensors`, writes
@@ -157,7 +158,12 @@ def train(settings: TrainSettings) -> None:
         backgrounds = load_backgrounds(settings.backgrounds, (settings.size[0] * 3 // 2, settings.size[0] * 2))
         print(f"{len(backgrounds)} background photos from {settings.backgrounds}")
 
-    model = load_weights(settings.init) if settings.init else Tiramisu.from_preset(settings.preset)
+    if settings.init:
+        model = load_weights(settings.init)
+        if model.config != PRESETS[settings.preset]:
+            raise ValueError(f"--init {settings.init} is not a {settings.preset!r} network; pass its --preset")
+    else:
+        model = Tiramisu.from_preset(settings.preset)
     steps_per_epoch = sum(len(pool.images) for pool in pools) // settings.batch
     total_steps = steps_per_epoch * settings.epochs
     if settings.recipe == "seed":
