@@ -16,7 +16,8 @@ size. `--backgrounds` is a folder of photos with nobody in them that people are 
 `--init` starts from trained weights of the same preset.
 
 Every pool holds out a fixed tenth for validation; the validation score is the mean of the
-pools' IoUs. Training keeps the checkpoint with the best score as `best.safetensors`, writes
+pools' IoUs. With `--ema`, what is validated and kept is a moving average of the weights and
+batch-norm statistics, steadier than the last step's when batches come from unlike pools. Training keeps the checkpoint with the best score as `best.safetensors`, writes
 `last.pt` every epoch (`--resume` continues from it), and saves `grid_NNN.png`: predictions
 on fixed validation images of each pool.
 """
@@ -34,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from engines.data import AugmentSettings, augment, load_backgrounds, load_portraits, read_rgb, read_split
@@ -63,6 +65,7 @@ class TrainSettings:
     backgrounds: str | None = None
     init: str | None = None
     min_scale: float = 0.7
+    ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
 
 
 def split_validation(names: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -180,11 +183,20 @@ def train(settings: TrainSettings) -> None:
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
+    # What is validated and kept: the weights themselves, or their moving average (which also
+    # averages the batch-norm statistics over many batches of every pool).
+    average = None
+    if settings.ema:
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
+    kept = average.module if average else model
+
     start_epoch, best = 0, -1.0
     checkpoint_path = out / "last.pt"
     if settings.resume and checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, weights_only=True)
         model.load_state_dict(checkpoint["model"])
+        if average:
+            average.load_state_dict(checkpoint["average"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
@@ -216,27 +228,29 @@ def train(settings: TrainSettings) -> None:
             loss.backward()
             optimizer.step()
             schedule.step()
+            if average:
+                average.update_parameters(model)
             losses.append(loss.item())
             progress.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
 
-        pool_scores = {pool.name: validate(model, pool.val_images, pool.val_masks) for pool in pools}
+        pool_scores = {pool.name: validate(kept, pool.val_images, pool.val_masks) for pool in pools}
         val_iou = float(np.mean(list(pool_scores.values())))
         improved = val_iou > best
         if improved:
             best = val_iou
-            save_weights(model, out / "best.safetensors", preset=settings.preset, recipe=settings.recipe,
+            save_weights(kept, out / "best.safetensors", preset=settings.preset, recipe=settings.recipe,
                          epoch=str(epoch + 1), val_iou=f"{val_iou:.2f}")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "epoch": epoch, "best": best}, checkpoint_path)
+                    "average": average.state_dict() if average else None, "epoch": epoch, "best": best}, checkpoint_path)
         with torch.no_grad():
-            model.eval()
+            kept.eval()
             grids = []
             for pool in pools:
                 sample = pool.val_images[:4]
-                picture = prediction_grid(sample, pool.val_masks[:4], model.alpha(sample.float() / 255))
+                picture = prediction_grid(sample, pool.val_masks[:4], kept.alpha(sample.float() / 255))
                 grids.append(cv2.resize(picture, (480, round(picture.shape[0] * 480 / picture.shape[1]))))
             cv2.imwrite(str(out / f"grid_{epoch + 1:03d}.png"), np.concatenate(grids, 0))
-            model.train()
+        model.train()
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "pools": pool_scores,
                   "best": best, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started}
         with open(out / "log.jsonl", "a") as log:
@@ -272,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", help="start from these weights (.safetensors) instead of random ones")
     parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
                         help="smallest zoom of the augmentation; below 1 makes people smaller (default: %(default)s)")
+    parser.add_argument("--ema", type=float, default=defaults.ema,
+                        help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
     args = parser.parse_args(argv)
     args.extra = tuple(args.extra)
     train(TrainSettings(**vars(args)))

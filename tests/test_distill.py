@@ -86,11 +86,17 @@ def test_training_mixes_pools_and_starts_from_weights(tmp_path):
     cv2.imwrite(str(photos / "wall.jpg"), np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
     common = ["--data", str(portraits), "--size", "64x48", "--batch", "6", "--threads", "1"]
     train_main([*common, "--out", str(tmp_path / "first"), "--epochs", "1"])
-    train_main([*common, "--out", str(tmp_path / "tuned"), "--epochs", "2", "--extra", str(extra),
-                "--backgrounds", str(photos), "--init", str(tmp_path / "first" / "best.safetensors"),
-                "--min-scale", "0.4"])
+    tuned = [*common, "--out", str(tmp_path / "tuned"), "--extra", str(extra), "--backgrounds", str(photos),
+             "--init", str(tmp_path / "first" / "best.safetensors"), "--min-scale", "0.4", "--ema", "0.9"]
+    train_main([*tuned, "--epochs", "2"])
+    train_main([*tuned, "--epochs", "3", "--resume"])
     log = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    checkpoint = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)
+    weight = "stem.0.weight"
+    assert weight in checkpoint["model"]
+    assert not torch.equal(checkpoint["average"][f"module.{weight}"], checkpoint["model"][weight])
     assert set(log[-1]["pools"]) == {"portraits", "fullbody"}
     assert abs(log[-1]["val_iou"] - np.mean(list(log[-1]["pools"].values()))) < 1e-9
     settings = json.loads((tmp_path / "tuned" / "settings.json").read_text())
-    assert settings["extra"] == [str(extra)] and settings["min_scale"] == 0.4
+    assert settings["extra"] == [str(extra)] and settings["min_scale"] == 0.4 and settings["ema"] == 0.9
