@@ -2,7 +2,7 @@
 
     pip download --no-deps mediapipe==0.10.21 -d teacher && pip install ai-edge-litert
     python -m engines.pseudo_label --teacher teacher/mediapipe-0.10.21-*.whl \\
-        --out runs/fullbody --every 2 clips/ photos/
+        --out runs/fullbody --every 3 clips/ photos/
 
 The teacher is MediaPipe's general selfie segmentation (Apache-2.0), run with ai-edge-litert
 and averaged with its mirror image. It covers what the portrait set lacks: whole bodies,
@@ -13,7 +13,7 @@ again into the same folder adds to the list.
 
 Frames where the teacher is unsure are left out: those where it sees almost nobody, or where
 the pixels it is unsure of (probability 0.2–0.8) exceed `--max-unsure` times those it calls
-person. People who fill less than half the frame are labelled again on a close-up crop.
+person.
 """
 from __future__ import annotations
 
@@ -73,26 +73,6 @@ class SelfieTeacher:
         return cv2.resize(probability, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def zoom_in(teacher: Teacher, image: np.ndarray, max_share: float = 0.5) -> np.ndarray:
-    """The teacher's probability, taken again on a crop around whoever it found, when they
-    fill less than `max_share` of the frame. Selfie models are surest of people filling the
-    picture; people far from the camera get their own close-up this way."""
-    probability = teacher(image)
-    ys, xs = np.nonzero(probability > 0.2)
-    if len(ys) == 0:
-        return probability
-    height, width = image.shape[:2]
-    margin_y = (ys.max() - ys.min()) // 4 + height // 20
-    margin_x = (xs.max() - xs.min()) // 4 + width // 20
-    top, bottom = max(0, ys.min() - margin_y), min(height, ys.max() + 1 + margin_y)
-    left, right = max(0, xs.min() - margin_x), min(width, xs.max() + 1 + margin_x)
-    if (bottom - top) * (right - left) > max_share * height * width:
-        return probability
-    zoomed = np.zeros_like(probability)
-    zoomed[top:bottom, left:right] = teacher(np.ascontiguousarray(image[top:bottom, left:right]))
-    return zoomed
-
-
 def _frames(path: Path, every: int) -> Iterator[tuple[str, np.ndarray]]:
     """(name, RGB image) for an image file, or for every `every`-th frame of a video."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -139,7 +119,7 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
             if scale < 1:
                 size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            probability = zoom_in(teacher, image)
+            probability = teacher(image)
             if not confident(probability, max_unsure):
                 continue
             mask = np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8)

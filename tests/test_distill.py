@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from engines.data import background_crops, load_backgrounds
-from engines.pseudo_label import confident, label, zoom_in
+from engines.pseudo_label import confident, label
 from engines.train import main as train_main
 from tests.conftest import make_clip
 from tests.test_train import paint_portraits
@@ -27,19 +27,6 @@ def test_confidence_rule():
     unsure[10:90, 20:80] = np.where(unsure[10:90, 20:80] > 0, 1.0, 0.5)  # a wide half-sure halo
     assert not confident(unsure, max_unsure=1.0)
     assert not confident(np.zeros((100, 100), np.float32), max_unsure=1.0)  # nobody there
-
-
-def test_small_people_get_a_close_up():
-    def near_sighted(image):  # sure of the figure only when the picture is small (a close-up)
-        return skin_teacher(image) * (1.0 if image.shape[0] < 150 else 0.5)
-
-    far = np.full((300, 400, 3), 120, np.uint8)
-    far[200:240, 100:115] = (200, 150, 120)
-    probability = zoom_in(near_sighted, far)
-    assert probability[220, 107] == 1.0 and probability[:150].max() == 0.0
-    near = np.full((300, 400, 3), 120, np.uint8)
-    near[20:, 50:350] = (200, 150, 120)  # fills most of the frame: no close-up
-    assert zoom_in(near_sighted, near)[150, 200] == 0.5
 
 
 def test_label_writes_a_training_folder_and_adds_to_it(tmp_path):
