@@ -2,7 +2,7 @@
 
     python -m engines.train --data ../shared/data/portraits --preset compact --epochs 60 --out runs/compact
     python -m engines.train --data ../shared/data/portraits --extra runs/fullbody --backgrounds photos/ \
-        --init engines/weights/compact.safetensors --min-scale 0.4 --epochs 30 --out runs/fullbody-tune
+        --init runs/compact/best.safetensors --min-scale 0.4 --ema 0.998 --epochs 20 --out runs/fullbody-tune
 
 Two recipes:
 - `seed`: the article's baseline (two classes, cross-entropy, RMSProp at lr 1e-3, flips only).
