@@ -197,7 +197,6 @@ class AugmentSettings:
     noise: float = 0.3
     uneven_light: float = 0.4
     dark_clothes: float = 0.2
-    dark_person: float = 0.0  # chance to darken the whole person, face and hair too
 
 
 def augment(
@@ -264,9 +263,6 @@ def augment(
     below_face = (ys > head_top + 0.25).float()
     darken = chance(settings.dark_clothes) * mask * below_face
     image = image * (1 - darken * uniform(0.5, 0.9).view(n, 1, 1, 1))
-    # Dark person: darker skin and hair, or a person in shadow, so that a face is not found
-    # by being the brightest thing in the picture.
-    image = image * (1 - chance(settings.dark_person) * mask * uniform(0.3, 0.7).view(n, 1, 1, 1))
 
     # Light: exposure, contrast, gamma, saturation, colour cast, uneven light.
     image = image * uniform(0.5, 1.4).view(n, 1, 1, 1)

@@ -65,7 +65,6 @@ class TrainSettings:
     backgrounds: str | None = None
     init: str | None = None
     min_scale: float = 0.7
-    dark_person: float = 0.0
     ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
 
 
@@ -204,7 +203,7 @@ def train(settings: TrainSettings) -> None:
         print(f"resumed after epoch {checkpoint['epoch']} (best validation IoU {best:.2f})")
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
-    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]), dark_person=settings.dark_person)
+    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]))
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False)
@@ -287,8 +286,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", help="start from these weights (.safetensors) instead of random ones")
     parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
                         help="smallest zoom of the augmentation; below 1 makes people smaller (default: %(default)s)")
-    parser.add_argument("--dark-person", type=float, default=defaults.dark_person,
-                        help="chance to darken a whole person, face and hair too (default: %(default)s)")
     parser.add_argument("--ema", type=float, default=defaults.ema,
                         help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
     args = parser.parse_args(argv)

@@ -2,14 +2,13 @@
 and the dataset tools."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from engines.data import AugmentSettings, CocoPersonFilter, augment, coco_person_subset
+from engines.data import CocoPersonFilter, augment, coco_person_subset
 from engines.segmenter import BackendMissing, open_segmenter, resolve_model
 from engines.tiramisu import Tiramisu, load_weights, save_weights
 
@@ -108,18 +107,3 @@ def test_augment_makes_landscape_crops_with_binary_masks():
     assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
     coverage = mask.mean().item()
     assert 0.05 < coverage < 0.6  # the person is still there, with background beside it
-
-
-def test_dark_person_darkens_the_person_only():
-    images = torch.full((4, 3, 80, 60), 200, dtype=torch.uint8)
-    masks = torch.zeros(4, 1, 80, 60, dtype=torch.uint8)
-    masks[:, :, 20:, 15:45] = 255
-    plain = AugmentSettings(noise=0.0, blur=0.0, paste=0.0, dark_clothes=0.0)
-    results = [augment(images, masks, (80, 60), torch.Generator().manual_seed(0),
-                       dataclasses.replace(plain, dark_person=p)) for p in (0.0, 1.0)]
-    (light, mask), (dark, same_mask) = results
-    assert torch.equal(mask, same_mask)
-    person, background = mask.expand_as(light) > 0.5, mask.expand_as(light) < 0.5
-    assert (dark[person] < light[person] * 0.75).float().mean() > 0.9
-    # The background moves only through the whole-picture contrast change that follows.
-    assert (light - dark)[person].mean() > 5 * (light - dark)[background].abs().mean()
