@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from stream.backgrounds import cover
+from stream.sources import IMAGE_SUFFIXES
+
 
 def read_split(root: Path | str, split: str) -> list[str]:
     """Names listed in `root/split.txt`, one per line, without extension."""
@@ -65,18 +68,11 @@ def load_portraits(
 
 
 def load_backgrounds(root: Path | str, size: tuple[int, int]) -> torch.Tensor:
-    """Every image under `root` (recursively), centre-cropped to the aspect of `size` (H, W)
-    and resized to it, as N×3×H×W uint8."""
+    """Every image under `root` (recursively), scaled to cover `size` (H, W) and centre-cropped,
+    as N×3×H×W uint8."""
     height, width = size
-    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-    images = []
-    for path in paths:
-        image = read_rgb(path)
-        h, w = image.shape[:2]
-        crop_h, crop_w = min(h, round(w * height / width)), min(w, round(h * width / height))
-        top, left = (h - crop_h) // 2, (w - crop_w) // 2
-        crop = image[top : top + crop_h, left : left + crop_w]
-        images.append(cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA))
+    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = [cover(read_rgb(path), width, height) for path in paths]
     if not images:
         raise FileNotFoundError(f"no images under {root}")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

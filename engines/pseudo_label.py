@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from engines.data import read_rgb
 from engines.segmenter import BackendMissing
+from stream.frames import network_size
+from stream.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm"}
 
 Teacher = Callable[[np.ndarray], np.ndarray]  # H×W×3 uint8 RGB → H×W float probability
 
@@ -115,10 +115,9 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
     names = []
     for path in tqdm(_inputs(paths), desc="labelling"):
         for name, image in _frames(path, every):
-            scale = min(1.0, long_side / max(image.shape[:2]))
-            if scale < 1:
-                size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if max(image.shape[:2]) > long_side:
+                height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
+                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
             probability = teacher(image)
             if not confident(probability, max_unsure):
                 continue

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from engines.data import AugmentSettings, augment, load_backgrounds, load_portraits, read_rgb, read_split
 from engines.metrics import batch_iou
 from engines.tiramisu import PRESETS, Tiramisu, load_weights, save_weights
+from stream.frames import network_size
 
 
 @dataclass
@@ -85,24 +86,21 @@ class Pool:
     masks: torch.Tensor
     val_images: torch.Tensor
     val_masks: torch.Tensor
-    landscape: bool
+
+    @property
+    def landscape(self) -> bool:
+        return self.images.shape[-1] > self.images.shape[-2]
 
 
 def load_pool(root: str, crop: tuple[int, int], seed: int) -> Pool:
     """`root`'s train split, loaded with room to zoom in; the folder's first image sets its aspect."""
     train_names, val_names = split_validation(read_split(root, "train"), seed)
     height, width = read_rgb(Path(root) / "images" / f"{train_names[0]}.jpg").shape[:2]
-    landscape = width > height
-
-    def keep_aspect(long_side: int, multiple: int = 1) -> tuple[int, int]:
-        short = round(long_side * min(height, width) / max(height, width) / multiple) * multiple
-        return (short, long_side) if landscape else (long_side, short)
-
-    load_size = keep_aspect(max(crop) * 5 // 4)
+    load_size = network_size(height, width, long_side=max(crop) * 5 // 4, multiple=1)
     print(f"loading {root}: {len(train_names)} training and {len(val_names)} validation images at {load_size}")
     images, masks = load_portraits(root, "train", load_size, train_names)
-    val_images, val_masks = load_portraits(root, "train", keep_aspect(max(crop), multiple=16), val_names)
-    return Pool(Path(root).name, images, masks, val_images, val_masks, landscape)
+    val_images, val_masks = load_portraits(root, "train", network_size(height, width, long_side=max(crop)), val_names)
+    return Pool(Path(root).name, images, masks, val_images, val_masks)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from stream.errors import BadArgument, SourceUnavailable
 from stream.frames import resize_image
-from stream.sources import ASSETS, IMAGE_SUFFIXES
+from stream.sources import ASSETS, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 SHIPPED = ASSETS / "backgrounds"
 COLOURS = {
@@ -30,7 +30,6 @@ COLOURS = {
     "grey": (128, 128, 128),
     "gray": (128, 128, 128),
 }
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
 
 def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:

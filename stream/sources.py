@@ -25,6 +25,7 @@ from stream.errors import BadArgument, SourceUnavailable
 
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
 
 @dataclass
