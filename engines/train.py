@@ -93,7 +93,8 @@ class Pool:
 
 
 def load_pool(root: str, crop: tuple[int, int], seed: int) -> Pool:
-    """`root`'s train split, loaded with room to zoom in; the folder's first image sets its aspect."""
+    """`root`'s train split, loaded with room to zoom in; the folder's first image sets its
+    aspect, and images of another shape are cropped to it."""
     train_names, val_names = split_validation(read_split(root, "train"), seed)
     height, width = read_rgb(Path(root) / "images" / f"{train_names[0]}.jpg").shape[:2]
     load_size = network_size(height, width, long_side=max(crop) * 5 // 4, multiple=1)

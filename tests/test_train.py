@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from engines.tiramisu import load_weights
+from engines.data import load_portraits
 from engines.train import main
 
 
@@ -42,3 +43,18 @@ def test_train_writes_checkpoints_and_resumes(tmp_path):
     main([*common, "--epochs", "3", "--resume"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
+
+
+def test_images_of_another_shape_are_cropped_not_squashed(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, (height, width) in {"wide": (100, 200), "tall": (200, 100)}.items():
+        image = np.zeros((height, width, 3), np.uint8)
+        mask = np.zeros((height, width), np.uint8)
+        cv2.circle(mask, (width // 2, height // 2), 30, 255, -1)
+        cv2.imwrite(str(tmp_path / "images" / f"{name}.jpg"), image)
+        cv2.imwrite(str(tmp_path / "masks" / f"{name}.png"), mask)
+    _, masks = load_portraits(tmp_path, "train", (50, 50), ["wide", "tall"])
+    for mask in masks[:, 0] > 127:
+        rows, columns = mask.any(1).sum().item(), mask.any(0).sum().item()
+        assert rows == columns and 28 <= rows <= 32  # still a circle, at the scale of the short side
