@@ -188,22 +188,11 @@ class AugmentSettings:
     shift: float = 0.2  # fraction of the frame
     rotate_degrees: float = 12.0
     paste: float = 0.4  # chance to put the person on another background
-    paste_below: float = 0.6  # always, when zoomed out further than this: no photo inside a photo
     real_background: float = 0.7  # share of those backgrounds taken from photos, when there are any
     blur: float = 0.25
     noise: float = 0.3
     uneven_light: float = 0.4
     dark_clothes: float = 0.2
-    hue: float = 0.3  # chance to turn the whole picture's hues by any angle, so no colour means "background"
-
-
-def hue_rotation(angle: torch.Tensor) -> torch.Tensor:
-    """N×3×3 matrices that turn RGB colours by `angle` (radians) about the grey axis: hue changes,
-    brightness and saturation stay."""
-    axis = torch.full((3,), 3 ** -0.5, device=angle.device)
-    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=angle.device) * 3 ** -0.5
-    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
-    return cos * torch.eye(3, device=angle.device) + (1 - cos) * torch.outer(axis, axis) + sin * cross
 
 
 def augment(
@@ -259,7 +248,7 @@ def augment(
     if backgrounds is not None:
         real = chance(settings.real_background)
         background = background * (1 - real) + background_crops(backgrounds, n, out_size, generator) * real
-    paste = torch.maximum(chance(settings.paste), (scale < settings.paste_below).float().view(n, 1, 1, 1))
+    paste = chance(settings.paste)
     keep = inside * (1 - paste) + paste * mask
     image = image * keep + background * (1 - keep)
 
@@ -284,8 +273,6 @@ def augment(
     ramp = torch.cos(direction).view(n, 1, 1, 1) * xs + torch.sin(direction).view(n, 1, 1, 1) * (ys * 2 - 1)
     uneven = 1 + chance(settings.uneven_light) * uniform(0.2, 0.6).view(n, 1, 1, 1) * ramp
     image = image * uneven
-    turn = chance(settings.hue).view(n) * uniform(-math.pi, math.pi)
-    image = torch.einsum("nij,njhw->nihw", hue_rotation(turn), image)
 
     # Camera: blur and sensor noise.
     sigma = chance(settings.blur).view(n) * uniform(0.5, 2.0)
