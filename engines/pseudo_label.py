@@ -114,8 +114,8 @@ class MattingTeacher:
         self._session = onnxruntime.InferenceSession(_read_model(model, MATTING_MEMBER), options,
                                                      providers=["CPUExecutionProvider"])
         self._inner, self._still_passes = inner, still_passes
-        self._state: list[np.ndarray] = []  # the four recurrent tensors, fed back frame after frame
-        self._fresh = True  # nothing seen since the last reset
+        self._state: list[np.ndarray]  # the four recurrent tensors, fed back frame after frame
+        self._fresh: bool  # nothing seen since the last reset
         self.reset()
 
     def reset(self) -> None:
@@ -135,7 +135,9 @@ class MattingTeacher:
 
 def open_teacher(model: Path, threads: int = 2) -> Teacher:
     """The teacher that `model` (a wheel, .onnx or .tflite file) holds."""
-    if Path(model).suffix == ".whl" and Path(model).is_file():
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"no teacher model at {model}")
+    if Path(model).suffix == ".whl":
         with zipfile.ZipFile(model) as wheel:
             members = set(wheel.namelist())
         if MATTING_MEMBER in members:
@@ -238,8 +240,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out frames where the person covers less than this share (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    names = label(args.inputs, args.out, open_teacher(args.teacher, args.threads), args.every, args.split,
-                  args.long_side, args.max_unsure, args.min_person)
+    try:
+        names = label(args.inputs, args.out, open_teacher(args.teacher, args.threads), args.every, args.split,
+                      args.long_side, args.max_unsure, args.min_person)
+    except (FileNotFoundError, ValueError, BackendMissing) as error:
+        parser.error(str(error))
     print(f"{len(names)} images labelled into {args.out}")
 
 

@@ -17,9 +17,10 @@ size. `--backgrounds` is a folder of photos with nobody in them that people are 
 
 Every pool holds out a fixed tenth for validation; the validation score is the mean of the
 pools' IoUs. With `--ema`, what is validated and kept is a moving average of the weights and
-batch-norm statistics, steadier than the last step's when batches come from unlike pools. Training keeps the checkpoint with the best score as `best.safetensors`, writes
-`last.pt` every epoch (`--resume` continues from it), and saves `grid_NNN.png`: predictions
-on fixed validation images of each pool.
+batch-norm statistics, steadier than the last step's when batches come from unlike pools.
+Training keeps the checkpoint with the best score as `best.safetensors`, writes `last.pt`
+every epoch (`--resume` continues from it), and saves `grid_NNN.png`: predictions on fixed
+validation images of each pool.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from engines.data import background_crops, load_backgrounds
@@ -28,9 +29,6 @@ class SkinTeacher:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         self.seen.append(image.shape[1])
         return (np.abs(image.astype(int) - (200, 150, 120)).sum(-1) < 60).astype(np.float32)
-
-
-skin_teacher = SkinTeacher()
 
 
 class CountingMatte(torch.nn.Module):
@@ -66,7 +64,7 @@ def test_confidence_rule():
 def test_label_writes_a_training_folder_and_adds_to_it(tmp_path):
     clip = make_clip(tmp_path / "walk.mp4", frames=12, size=(320, 240))
     out = tmp_path / "fullbody"
-    names = label([clip], out, skin_teacher, every=4, long_side=160)
+    names = label([clip], out, SkinTeacher(), every=4, long_side=160)
     assert names == ["walk_00000", "walk_00004", "walk_00008"]
     image = cv2.imread(str(out / "images" / "walk_00004.jpg"))
     mask = cv2.imread(str(out / "masks" / "walk_00004.png"), cv2.IMREAD_GRAYSCALE)
@@ -79,7 +77,7 @@ def test_label_writes_a_training_folder_and_adds_to_it(tmp_path):
     portrait = empty.copy()
     portrait[30:, 40:80] = (120, 150, 200)  # BGR on disk, RGB (200, 150, 120) when read
     cv2.imwrite(str(tmp_path / "standing.png"), portrait)
-    added = label([tmp_path / "empty_room.png", tmp_path / "standing.png"], out, skin_teacher)
+    added = label([tmp_path / "empty_room.png", tmp_path / "standing.png"], out, SkinTeacher())
     assert added == ["standing"]  # nobody in the empty room: left out rather than taught as background
     assert (out / "train.txt").read_text().split() == [*names, "standing"]
 
@@ -128,7 +126,7 @@ def test_training_mixes_pools_and_starts_from_weights(tmp_path):
     portraits, extra, photos = tmp_path / "portraits", tmp_path / "fullbody", tmp_path / "photos"
     paint_portraits(portraits)
     clip = make_clip(tmp_path / "walk.mp4", frames=40, size=(128, 96))
-    label([clip], extra, skin_teacher, every=2)
+    label([clip], extra, SkinTeacher(), every=2)
     photos.mkdir()
     cv2.imwrite(str(photos / "wall.jpg"), np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))
     common = ["--data", str(portraits), "--size", "64x48", "--batch", "6", "--threads", "1"]
@@ -147,3 +145,14 @@ def test_training_mixes_pools_and_starts_from_weights(tmp_path):
     assert abs(log[-1]["val_iou"] - np.mean(list(log[-1]["pools"].values()))) < 1e-9
     settings = json.loads((tmp_path / "tuned" / "settings.json").read_text())
     assert settings["extra"] == [str(extra)] and settings["min_scale"] == 0.4 and settings["ema"] == 0.9
+
+
+def test_a_missing_teacher_or_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from engines.pseudo_label import main
+
+    model = export_counting_matte(tmp_path / "rvm.onnx")
+    for argv, message in ([[str(tmp_path), "--teacher", str(tmp_path / "none.whl")], "no teacher model at"],
+                          [[str(tmp_path / "gone"), "--teacher", str(model)], "no such file or folder"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

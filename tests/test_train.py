@@ -7,8 +7,8 @@ import json
 import cv2
 import numpy as np
 
-from engines.tiramisu import load_weights
 from engines.data import load_portraits
+from engines.tiramisu import load_weights
 from engines.train import main
 
 
