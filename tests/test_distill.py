@@ -12,6 +12,7 @@ import torch
 
 from engines.data import background_crops, load_backgrounds
 from engines.pseudo_label import MattingTeacher, confident, label, open_teacher
+from engines.pseudo_label import main as label_main
 from engines.train import main as train_main
 from tests.conftest import make_clip
 from tests.test_train import paint_portraits
@@ -148,11 +149,9 @@ def test_training_mixes_pools_and_starts_from_weights(tmp_path):
 
 
 def test_a_missing_teacher_or_input_is_one_line_and_exit_2(tmp_path, capsys):
-    from engines.pseudo_label import main
-
     model = export_counting_matte(tmp_path / "rvm.onnx")
     for argv, message in ([[str(tmp_path), "--teacher", str(tmp_path / "none.whl")], "no teacher model at"],
                           [[str(tmp_path / "gone"), "--teacher", str(model)], "no such file or folder"]):
         with pytest.raises(SystemExit) as exit_info:
-            main([*argv, "--out", str(tmp_path / "out")])
+            label_main([*argv, "--out", str(tmp_path / "out")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
