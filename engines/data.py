@@ -4,8 +4,8 @@
 
 - `load_portraits`: a portrait folder (`images/NAME.jpg`, `masks/NAME.png`, `train.txt`,
   `test.txt`) loaded whole into uint8 tensors at one size.
-- `coco_person_subset`: the seed article's COCO filter (1–2 people covering 20–70 % of the
-  image), read with pycocotools from a local COCO copy.
+- `write_sample`, `add_to_split`: write such a folder (`engines.pseudo_label` and
+  `engines.coco_pool` do).
 - `load_backgrounds`: a folder of photos with nobody in them (landscapes, rooms, wallpapers),
   for pasting people onto.
 - `augment`: batch augmentation in torch, aimed at the seed's failure cases: poor and uneven
@@ -78,55 +78,21 @@ def load_backgrounds(root: Path | str, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-@dataclass(frozen=True)
-class CocoPersonFilter:
-    """The seed article's selection: few people, each image mostly but not only person."""
-
-    min_people: int = 1
-    max_people: int = 2
-    min_coverage: float = 0.20
-    max_coverage: float = 0.70
-
-
-def coco_person_subset(annotation_file: Path | str, rules: CocoPersonFilter = CocoPersonFilter()) -> list[dict]:
-    """Images of a COCO annotation file that pass `rules`, each with its union person mask.
-
-    Returns dicts with `file_name`, `id`, `coverage` and `mask` (H×W bool). Crowd
-    annotations disqualify an image, since their people cannot be counted.
-    """
-    from pycocotools.coco import COCO
-
-    coco = COCO(str(annotation_file))
-    person = coco.getCatIds(catNms=["person"])
-    selected = []
-    for image_id in sorted(coco.getImgIds(catIds=person)):
-        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id, catIds=person, iscrowd=None))
-        if any(a.get("iscrowd", 0) for a in annotations):
-            continue
-        if not rules.min_people <= len(annotations) <= rules.max_people:
-            continue
-        info = coco.loadImgs(image_id)[0]
-        mask = np.zeros((info["height"], info["width"]), bool)
-        for annotation in annotations:
-            mask |= coco.annToMask(annotation).astype(bool)
-        coverage = float(mask.mean())
-        if rules.min_coverage <= coverage <= rules.max_coverage:
-            selected.append({"id": image_id, "file_name": info["file_name"], "coverage": coverage, "mask": mask})
-    return selected
+def write_sample(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    """Store an RGB image and its 0–255 mask in a portrait-layout folder."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / "images" / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(root / "masks" / f"{name}.png"), mask)
 
 
-def load_coco_persons(
-    annotation_file: Path | str, image_dir: Path | str, size: tuple[int, int], rules: CocoPersonFilter = CocoPersonFilter()
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The filtered COCO people as the same tensors `load_portraits` returns."""
-    height, width = size
-    subset = coco_person_subset(annotation_file, rules)
-    images = np.empty((len(subset), height, width, 3), np.uint8)
-    masks = np.empty((len(subset), height, width), np.uint8)
-    for i, item in enumerate(subset):
-        images[i] = cv2.resize(read_rgb(Path(image_dir) / item["file_name"]), (width, height), interpolation=cv2.INTER_AREA)
-        masks[i] = cv2.resize(item["mask"].astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+def add_to_split(root: Path, split: str, names: list[str]) -> None:
+    """Add `names` to `root/SPLIT.txt`, after those already listed, each once."""
+    root.mkdir(parents=True, exist_ok=True)
+    listing = root / f"{split}.txt"
+    listed = listing.read_text().split() if listing.exists() else []
+    listing.write_text("".join(f"{name}\n" for name in dict.fromkeys(listed + names)))
 
 
 def _smooth_noise(n: int, size: tuple[int, int], cells: int, generator: torch.Generator, device) -> torch.Tensor:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engines.data import read_rgb
+from engines.data import add_to_split, read_rgb, write_sample
 from engines.segmenter import BackendMissing
 from stream.frames import network_size
 from stream.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -201,10 +201,6 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
           long_side: int = 640, max_unsure: float = 1.0, min_person: float = 0.01) -> list[str]:
     """Write each confidently labelled input (long side at most `long_side`) and the teacher's
     mask; add their names to SPLIT.txt. Returns the names added."""
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    listing = out / f"{split}.txt"
-    listed = listing.read_text().split() if listing.exists() else []
     names = []
     for path, input_name in tqdm(_inputs(paths).items(), desc="labelling"):
         teacher.reset()
@@ -215,12 +211,9 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
             probability = teacher(image)
             if not kept or not confident(probability, max_unsure, min_person):
                 continue
-            mask = np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8)
-            cv2.imwrite(str(out / "images" / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 95])
-            cv2.imwrite(str(out / "masks" / f"{name}.png"), mask)
+            write_sample(out, name, image, np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8))
             names.append(name)
-    listing.write_text("".join(f"{name}\n" for name in dict.fromkeys(listed + names)))
+    add_to_split(out, split, names)
     return names
 
 

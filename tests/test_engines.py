@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from engines.data import CocoPersonFilter, augment, coco_person_subset
+from engines.coco_pool import CocoPersonFilter, coco_people
+from engines.coco_pool import main as coco_main
+from engines.data import augment, load_portraits, read_split
 from engines.segmenter import BackendMissing, open_segmenter, resolve_model
 from engines.tiramisu import Tiramisu, load_weights, save_weights
 
@@ -67,33 +70,71 @@ def test_shipped_model_resolves_to_both_formats():
         resolve_model("nope")
 
 
-def _box_polygon(x0, y0, x1, y1):
-    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+# Person boxes (x0, y0, x1, y1) on 100×100 images, by image id, and whether the seed
+# article's filter keeps them.
+COCO_CASES = {
+    1: ([(0, 0, 50, 80)], True),  # one person, 40 %
+    2: ([(0, 0, 10, 10)], False),  # 1 % — too small
+    3: ([(0, 0, 100, 90)], False),  # 90 % — too large
+    4: ([(0, 0, 30, 100), (50, 0, 80, 100)], True),  # two people, 60 %
+    5: ([(0, 0, 20, 100), (30, 0, 50, 100), (60, 0, 80, 100)], False),  # three people
+}
+
+
+def make_coco(root):
+    """A COCO annotation file and its images (grey, the people painted red)."""
+    images, annotations = [], []
+    (root / "images").mkdir(parents=True)
+    for image_id, (boxes, _) in COCO_CASES.items():
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 100, "height": 100})
+        picture = np.full((100, 100, 3), 128, np.uint8)
+        for x0, y0, x1, y1 in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                                "area": (x1 - x0) * (y1 - y0), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+            picture[y0:y1, x0:x1] = (0, 0, 255)
+        cv2.imwrite(str(root / "images" / f"{image_id}.jpg"), picture)
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "person"}]}))
+    return path
 
 
 def test_coco_filter_keeps_one_or_two_people_covering_20_to_70_percent(tmp_path):
-    images, annotations = [], []
-    cases = {  # image id: person boxes (x0, y0, x1, y1) on a 100×100 image, and the verdict
-        1: ([(0, 0, 50, 80)], True),  # one person, 40 %
-        2: ([(0, 0, 10, 10)], False),  # 1 % — too small
-        3: ([(0, 0, 100, 90)], False),  # 90 % — too large
-        4: ([(0, 0, 30, 100), (50, 0, 80, 100)], True),  # two people, 60 %
-        5: ([(0, 0, 20, 100), (30, 0, 50, 100), (60, 0, 80, 100)], False),  # three people
-    }
-    annotation_id = 0
-    for image_id, (boxes, _) in cases.items():
-        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 100, "height": 100})
-        for x0, y0, x1, y1 in boxes:
-            annotation_id += 1
-            annotations.append({"id": annotation_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                                "segmentation": _box_polygon(x0, y0, x1, y1),
-                                "area": (x1 - x0) * (y1 - y0), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    kept = list(coco_people(make_coco(tmp_path), CocoPersonFilter()))
+    assert [item.image_id for item in kept] == [image_id for image_id, (_, ok) in COCO_CASES.items() if ok]
+    assert kept[0].mask.shape == (100, 100)
+    assert kept[0].coverage == pytest.approx(0.40, abs=0.02)
+
+
+def test_coco_pool_is_a_folder_train_reads(tmp_path):
+    annotations = make_coco(tmp_path / "coco")
+    coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
+               "--out", str(tmp_path / "pool"), "--min-coverage", "0.005", "--max-people", "3"])
+    names = read_split(tmp_path / "pool", "train")
+    assert names == [f"coco-{image_id:012d}" for image_id, (boxes, _) in COCO_CASES.items()
+                     if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) <= 7000]
+    images, masks = load_portraits(tmp_path / "pool", "train", (100, 100))
+    red = (images[:, 0].int() > 200) & (images[:, 2].int() < 60)  # the painted people
+    person = masks[:, 0] > 127
+    # The masks match the painted people, up to a pixel of rasterisation at each box's edge.
+    assert ((red & person).sum((1, 2)) / (red | person).sum((1, 2))).min() > 0.8
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such annotation file"),
+    ('{"images": [', "is not a COCO annotation file"),
+    ('{"images": []}', "is not a COCO annotation file"),
+])
+def test_coco_pool_refuses_bad_annotations_in_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "person"}]}))
-    kept = coco_person_subset(path, CocoPersonFilter())
-    assert sorted(item["id"] for item in kept) == [image_id for image_id, (_, ok) in cases.items() if ok]
-    assert kept[0]["mask"].shape == (100, 100)
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        coco_main(["--annotations", str(path), "--images", str(tmp_path), "--out", str(tmp_path / "pool")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "pool").exists()
 
 
 def test_augment_makes_landscape_crops_with_binary_masks():
