@@ -30,6 +30,8 @@ from stream.frames import network_size
 
 @dataclass(frozen=True)
 class CocoPersonFilter:
+    """Which images to keep: how many people, and what share of the image they cover."""
+
     min_people: int = 1
     max_people: int = 2
     min_coverage: float = 0.20
@@ -67,21 +69,25 @@ def coco_people(annotation_file: Path | str, rules: CocoPersonFilter = CocoPerso
 
 def write_pool(annotation_file: Path, image_dir: Path, out: Path, rules: CocoPersonFilter = CocoPersonFilter(),
                long_side: int = 640) -> list[str]:
-    """Store every image that passes `rules` and its mask in `out`. Returns the names added."""
+    """Store every image that passes `rules` and its mask in `out`, and list them in
+    `train.txt`. Returns the names added."""
     names = []
-    for item in tqdm(coco_people(annotation_file, rules), desc="writing", unit="image"):
-        path = image_dir / item.file_name
-        if not path.is_file():
-            raise FileNotFoundError(f"no image {path} for COCO image {item.image_id}")
-        image, mask = read_rgb(path), item.mask.astype(np.uint8) * 255
-        if max(image.shape[:2]) > long_side:
-            height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
-        name = f"coco-{item.image_id:012d}"
-        write_sample(out, name, image, mask)
-        names.append(name)
-    add_to_split(out, "train", names)
+    try:
+        for item in tqdm(coco_people(annotation_file, rules), desc="writing", unit="image"):
+            path = image_dir / item.file_name
+            if not path.is_file():
+                raise FileNotFoundError(f"no image {path} for COCO image {item.image_id}")
+            image, mask = read_rgb(path), item.mask.astype(np.uint8) * 255
+            if max(image.shape[:2]) > long_side:
+                height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
+                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+                mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
+            name = f"coco-{item.image_id:012d}"
+            write_sample(out, name, image, mask)
+            names.append(name)
+    finally:  # what was written is listed, even when a missing image or Ctrl-C stops the run
+        if names:
+            add_to_split(out, "train", names)
     return names
 
 

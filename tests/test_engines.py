@@ -121,6 +121,17 @@ def test_coco_pool_is_a_folder_train_reads(tmp_path):
     assert ((red & person).sum((1, 2)) / (red | person).sum((1, 2))).min() > 0.8
 
 
+def test_coco_pool_stops_at_a_missing_image_with_what_it_wrote_listed(tmp_path, capsys):
+    annotations = make_coco(tmp_path / "coco")
+    (tmp_path / "coco" / "images" / "4.jpg").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
+                   "--out", str(tmp_path / "pool"), "--min-coverage", "0.005"])
+    assert exit_info.value.code == 2
+    assert "no image" in capsys.readouterr().err.splitlines()[-1]
+    assert read_split(tmp_path / "pool", "train") == ["coco-000000000001", "coco-000000000002"]
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no such annotation file"),
     ('{"images": [', "is not a COCO annotation file"),
