@@ -11,6 +11,7 @@ one or two people covering 20–70 % of the image, which keeps close-ups; a lowe
 `--min-coverage` keeps whole bodies and people further away. Each image is stored with its
 long side at most `--long-side`, with the union of its people's masks (0 or 255), as
 `images/NAME.jpg` and `masks/NAME.png` listed in `train.txt`: the portrait folder layout.
+Running again into the same folder adds to the list.
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engines.data import add_to_split, read_rgb, write_sample
-from stream.frames import network_size
+from engines.data import add_to_split, fit_long_side, read_rgb, write_sample
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ def coco_people(annotation_file: Path | str, rules: CocoPersonFilter = CocoPerso
 
     coco = COCO(str(annotation_file))
     person = coco.getCatIds(catNms=["person"])
+    if not person:  # pycocotools reads no category ids as every category
+        raise ValueError(f"{annotation_file} has no 'person' category")
     for image_id in sorted(coco.getImgIds(catIds=person)):
         annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id, catIds=person, iscrowd=None))
         if any(a.get("iscrowd", 0) for a in annotations):
@@ -77,11 +78,9 @@ def write_pool(annotation_file: Path, image_dir: Path, out: Path, rules: CocoPer
             path = image_dir / item.file_name
             if not path.is_file():
                 raise FileNotFoundError(f"no image {path} for COCO image {item.image_id}")
-            image, mask = read_rgb(path), item.mask.astype(np.uint8) * 255
-            if max(image.shape[:2]) > long_side:
-                height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-                mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
+            image = fit_long_side(read_rgb(path), long_side)
+            mask = fit_long_side(item.mask.astype(np.uint8) * 255, long_side)
+            mask = np.where(mask > 127, 255, 0).astype(np.uint8)
             name = f"coco-{item.image_id:012d}"
             write_sample(out, name, image, mask)
             names.append(name)
@@ -109,12 +108,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no such annotation file: {args.annotations}")
     if not args.images.is_dir():
         parser.error(f"no such image folder: {args.images}")
+    if not 1 <= args.min_people <= args.max_people:
+        parser.error("--min-people must be at least 1 and at most --max-people")
+    if not 0 <= args.min_coverage <= args.max_coverage <= 1:
+        parser.error("--min-coverage and --max-coverage must be shares in [0, 1], min ≤ max")
+    if args.long_side < 16:
+        parser.error("--long-side must be at least 16")
     rules = CocoPersonFilter(args.min_people, args.max_people, args.min_coverage, args.max_coverage)
     try:
         names = write_pool(args.annotations, args.images, args.out, rules, args.long_side)
-    except (json.JSONDecodeError, KeyError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AssertionError) as error:
         parser.error(f"{args.annotations} is not a COCO annotation file ({type(error).__name__}: {error})")
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         parser.error(str(error))
     print(f"{len(names)} images written into {args.out}")
 

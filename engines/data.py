@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from stream.backgrounds import cover
+from stream.frames import network_size
 from stream.sources import IMAGE_SUFFIXES
 
 
@@ -78,13 +79,22 @@ def load_backgrounds(root: Path | str, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
+def fit_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """`image` scaled down (area-averaged) so that its long side is at most `long_side`."""
+    if max(image.shape[:2]) <= long_side:
+        return image
+    height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def write_sample(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
     """Store an RGB image and its 0–255 mask in a portrait-layout folder."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(root / "images" / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 95])
-    cv2.imwrite(str(root / "masks" / f"{name}.png"), mask)
+    image_path, mask_path = root / "images" / f"{name}.jpg", root / "masks" / f"{name}.png"
+    if not (cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            and cv2.imwrite(str(mask_path), mask)):
+        raise OSError(f"could not write {image_path} and {mask_path}")
 
 
 def add_to_split(root: Path, split: str, names: list[str]) -> None:

@@ -34,9 +34,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engines.data import add_to_split, read_rgb, write_sample
+from engines.data import add_to_split, fit_long_side, read_rgb, write_sample
 from engines.segmenter import BackendMissing
-from stream.frames import network_size
 from stream.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 
@@ -202,18 +201,19 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
     """Write each confidently labelled input (long side at most `long_side`) and the teacher's
     mask; add their names to SPLIT.txt. Returns the names added."""
     names = []
-    for path, input_name in tqdm(_inputs(paths).items(), desc="labelling"):
-        teacher.reset()
-        for name, image, kept in _frames(path, input_name, every, teacher.recurrent):
-            if max(image.shape[:2]) > long_side:
-                height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            probability = teacher(image)
-            if not kept or not confident(probability, max_unsure, min_person):
-                continue
-            write_sample(out, name, image, np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8))
-            names.append(name)
-    add_to_split(out, split, names)
+    try:
+        for path, input_name in tqdm(_inputs(paths).items(), desc="labelling"):
+            teacher.reset()
+            for name, image, kept in _frames(path, input_name, every, teacher.recurrent):
+                image = fit_long_side(image, long_side)
+                probability = teacher(image)
+                if not kept or not confident(probability, max_unsure, min_person):
+                    continue
+                write_sample(out, name, image, np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8))
+                names.append(name)
+    finally:  # what was written is listed, even when an error or Ctrl-C stops the run
+        if names:
+            add_to_split(out, split, names)
     return names
 
 
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         names = label(args.inputs, args.out, open_teacher(args.teacher, args.threads), args.every, args.split,
                       args.long_side, args.max_unsure, args.min_person)
-    except (FileNotFoundError, ValueError, BackendMissing) as error:
+    except (OSError, ValueError, BackendMissing) as error:
         parser.error(str(error))
     print(f"{len(names)} images labelled into {args.out}")
 

@@ -121,6 +121,28 @@ def test_coco_pool_is_a_folder_train_reads(tmp_path):
     assert ((red & person).sum((1, 2)) / (red | person).sum((1, 2))).min() > 0.8
 
 
+def test_coco_pool_shrinks_large_images_and_keeps_masks_binary(tmp_path):
+    annotations = make_coco(tmp_path / "coco")
+    coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
+               "--out", str(tmp_path / "pool"), "--long-side", "37"])
+    for name in read_split(tmp_path / "pool", "train"):
+        image = cv2.imread(str(tmp_path / "pool" / "images" / f"{name}.jpg"))
+        mask = cv2.imread(str(tmp_path / "pool" / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        assert image.shape[:2] == mask.shape == (37, 37)
+        assert set(np.unique(mask)) == {0, 255}
+
+
+@pytest.mark.parametrize("flags", [["--min-people", "3", "--max-people", "2"], ["--max-coverage", "1.5"],
+                                   ["--long-side", "0"]])
+def test_coco_pool_refuses_bad_settings(tmp_path, capsys, flags):
+    annotations = make_coco(tmp_path / "coco")
+    with pytest.raises(SystemExit) as exit_info:
+        coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
+                   "--out", str(tmp_path / "pool"), *flags])
+    assert exit_info.value.code == 2
+    assert "must be" in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_coco_pool_stops_at_a_missing_image_with_what_it_wrote_listed(tmp_path, capsys):
     annotations = make_coco(tmp_path / "coco")
     (tmp_path / "coco" / "images" / "4.jpg").unlink()
@@ -136,6 +158,8 @@ def test_coco_pool_stops_at_a_missing_image_with_what_it_wrote_listed(tmp_path, 
     (None, "no such annotation file"),
     ('{"images": [', "is not a COCO annotation file"),
     ('{"images": []}', "is not a COCO annotation file"),
+    ('[1, 2]', "is not a COCO annotation file"),
+    ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "dog"}]}', "has no 'person' category"),
 ])
 def test_coco_pool_refuses_bad_annotations_in_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "instances.json"
