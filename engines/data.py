@@ -4,8 +4,8 @@
 
 - `load_portraits`: a portrait folder (`images/NAME.jpg`, `masks/NAME.png`, `train.txt`,
   `test.txt`) loaded whole into uint8 tensors at one size.
-- `write_sample`, `add_to_split`: write such a folder (`engines.pseudo_label` and
-  `engines.coco_pool` do).
+- `write_sample`, `add_to_split`, `fit_long_side`: write such a folder (`engines.pseudo_label`
+  and `engines.coco_pool` do).
 - `load_backgrounds`: a folder of photos with nobody in them (landscapes, rooms, wallpapers),
   for pasting people onto.
 - `augment`: batch augmentation in torch, aimed at the seed's failure cases: poor and uneven
