@@ -9,7 +9,8 @@ loads from the cache) an engine per input shape, reopens it to time a load from 
 compares it with float32 PyTorch on demo frames (largest absolute difference, IoU of the mattes
 thresholded at 0.5). It times the segmenter alone with CUDA events (p50/p99) at 1×3×144×256 and
 1×3×288×512, and the whole loop (demo source → NullSink, every frame, no pacing) at 1280×720 and
-1920×1080: fps and per-stage milliseconds. Without TensorRT, or when it fails, the same runs on
+1920×1080: fps and per-stage milliseconds. Agreement is measured on the full-resolution mattes of
+the user's per-frame chain (`stream.chain.MatteChain`), once with each segmenter. Without TensorRT, or when it fails, the same runs on
 the PyTorch CUDA backend (float16) and the JSON says which backend ran and why. Takes well under
 five minutes on a bare machine; most of it is the first TensorRT build.
 """
@@ -17,27 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import platform
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from engines.cli import run_cli
+from engines.errors import BackendMissing, EngineError
 from engines.export import export_onnx, onnx_difference
 from engines.metrics import batch_iou
-from engines.segmenter import BackendMissing, EngineError, ModelFiles, Segmenter, resolve_model
+from engines.models import ModelFiles, resolve_model
+from engines.segmenter import Segmenter
 from engines.tensorrt_backend import TensorRTSegmenter
 from engines.tiramisu import Tiramisu, load_weights
 from engines.torch_backend import TorchSegmenter
 from stream.backgrounds import open_background
-from stream.frames import network_size, preprocess, upload
+from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
 from stream.sinks import NullSink
+from stream.smoothing import TemporalSmoother
 from stream.sources import DemoSource
 from stream.timing import STAGES, FrameRecord, percentiles
 
@@ -77,12 +82,12 @@ def parse_args(argv: list[str] | None) -> CheckSettings:
     return CheckSettings(**vars(parser.parse_args(argv)))
 
 
-def demo_frames(count: int = 4) -> list[torch.Tensor]:
-    """1280×720 demo frames spread over the clip, on the GPU (a person, unlike noise)."""
+def demo_frames(count: int = 4) -> list[np.ndarray]:
+    """1280×720 demo frames spread over the clip (a person, unlike noise)."""
     source = DemoSource((1280, 720), 30.0, loop=False)
     step = source.frames_per_clip // count
     frames = [source.read().image for _ in range(count * step)]
-    return [upload(frame, torch.device("cuda")) for frame in frames[::step]]
+    return frames[::step]
 
 
 def check_export(model: Tiramisu) -> dict:
@@ -127,20 +132,20 @@ def first_call(segmenter: Segmenter, shape: tuple[int, ...]) -> float:
     return round(time.perf_counter() - started, 2)
 
 
-def agreement(segmenter: Segmenter, reference: Tiramisu) -> dict:
-    """Largest difference and matte IoU (threshold 0.5, percent) against float32 PyTorch (TF32 off)."""
+def agreement(segmenter: Segmenter, reference: Segmenter) -> dict:
+    """Largest difference and matte IoU (threshold 0.5, percent) of the chain's full-resolution
+    mattes against the same chain with float32 PyTorch (TF32 off), at each network size."""
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     report = {}
     try:
         frames = demo_frames()
         for shape in ENGINE_SHAPES:
+            spec = replace(segmenter.spec, long_side=shape[3])  # 1280×720 frames: width is the long side
+            ours, theirs = MatteChain(segmenter, spec=spec), MatteChain(reference, spec=spec)
             differences, ious = [], []
             for frame in frames:
-                image = preprocess(frame, shape[2:])
-                with torch.inference_mode():
-                    expected = reference.alpha(image)
-                actual = segmenter(image)
+                actual, expected = ours(frame).alpha, theirs(frame).alpha
                 differences.append(float((actual - expected).abs().max()))
                 ious.append(float(batch_iou(actual > 0.5, expected > 0.5)[0]))
             report[label(shape)] = {"largest_difference": max(differences), "iou_min": min(ious),
@@ -174,18 +179,17 @@ def time_loop(segmenter: Segmenter, settings: CheckSettings) -> dict:
     report = {}
     for width, height in LOOP_SIZES:
         source = DemoSource((width, height), 30.0, loop=True)
-        processor = FrameProcessor(segmenter, [open_background(settings.background)], LoopSettings.smooth,
-                                   LoopSettings.long_side)
-        run_loop(source, processor, [NullSink()], LoopSettings(frames=settings.warmup, live=False))
+        processor = FrameProcessor(MatteChain(segmenter, TemporalSmoother()), [open_background(settings.background)])
+        run_loop(source, processor, [NullSink()], LoopSettings(frames=settings.warmup, drop_stale=False))
         records: list[FrameRecord] = []
         started = time.perf_counter()
-        summary = run_loop(source, processor, [NullSink()], LoopSettings(frames=settings.frames, live=False),
+        summary = run_loop(source, processor, [NullSink()], LoopSettings(frames=settings.frames, drop_stale=False),
                            [records.append])
         elapsed = time.perf_counter() - started
         processing_ms = [sum(ms for stage, ms in r.stages.items() if stage != "capture") for r in records]
         report[f"{width}x{height}"] = {
             "frames": summary.frames,
-            "network_input": list(network_size(height, width, LoopSettings.long_side)),
+            "network_input": list(segmenter.spec.input_size(height, width)),
             "fps": summary.frames / elapsed,
             "fps_without_capture": 1e3 * len(records) / max(sum(processing_ms), 1e-9),
             "stages_ms": {stage: percentiles((r.stages.get(stage, 0.0) for r in records), (50, 95, 99))
@@ -210,7 +214,7 @@ def run(settings: CheckSettings) -> dict:
     if segmenter is None:
         segmenter = TorchSegmenter.open(files, device="cuda")
     report["backend"] = segmenter.name
-    reference = load_weights(files.safetensors).to("cuda").eval()
+    reference = TorchSegmenter(load_weights(files.safetensors), torch.device("cuda"), spec=files.spec, half=False)
     report["agreement_with_pytorch_fp32"] = agreement(segmenter, reference)
     report["segmenter_ms"] = time_segmenter(segmenter, settings)
     report["loop"] = time_loop(segmenter, settings)
@@ -234,11 +238,13 @@ def summary_lines(report: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    return run_cli(lambda: check(settings))
+
+
+def check(settings: CheckSettings) -> int:
     if not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
-              "run this on a machine with an NVIDIA GPU", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        raise BackendMissing(f"no CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
+                             "run this on a machine with an NVIDIA GPU")
     report = run(settings)
     settings.json.parent.mkdir(parents=True, exist_ok=True)
     settings.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,12 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.segmenter import BACKENDS, DEFAULT_MODEL, BackendMissing, EngineError, open_segmenter
+from engines.cli import add_model_arguments, parse_size, run_cli
+from engines.errors import BackendMissing, EngineError
+from engines.models import DEFAULT_MODEL
+from engines.segmenter import BACKENDS, open_segmenter
 from stream.backgrounds import open_background
-from stream.frames import network_size
+from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
 from stream.sinks import SinkSettings, open_sink
-from stream.sources import SourceSettings, open_source, parse_size
+from stream.smoothing import DEFAULT_STRENGTH, TemporalSmoother
+from stream.sources import SourceSettings, open_source
 from stream.timing import STAGES, FrameRecord, percentiles
 
 
@@ -46,7 +50,7 @@ class BenchSettings:
     model: str = DEFAULT_MODEL
     bg: str = "blur"
     sink: str = "null"
-    smooth: float = 0.7
+    smooth: float = DEFAULT_STRENGTH
     threads: int = 2
     pace: bool = True
 
@@ -87,13 +91,12 @@ def run_once(settings: BenchSettings) -> dict:
     try:
         segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
         background = open_background(settings.bg)
-        processor = FrameProcessor(segmenter, [background], settings.smooth, LoopSettings.long_side)
-        with open_sink(settings.sink, source.width, source.height, source.fps, background.name == "none",
-                       SinkSettings()) as sink:
-            run_loop(source, processor, [sink], LoopSettings(settings.warmup, settings.smooth, settings.pace))
+        processor = FrameProcessor(MatteChain(segmenter, TemporalSmoother(settings.smooth)), [background])
+        with open_sink(settings.sink, source.width, source.height, source.fps, processor.rgba, SinkSettings()) as sink:
+            run_loop(source, processor, [sink], LoopSettings(settings.warmup, drop_stale=settings.pace))
             records: list[FrameRecord] = []
             cpu_before, started = time.process_time(), time.perf_counter()
-            summary = run_loop(source, processor, [sink], LoopSettings(settings.frames, settings.smooth, settings.pace),
+            summary = run_loop(source, processor, [sink], LoopSettings(settings.frames, drop_stale=settings.pace),
                                [records.append])
             wall = time.perf_counter() - started
             cpu_seconds = time.process_time() - cpu_before
@@ -102,7 +105,7 @@ def run_once(settings: BenchSettings) -> dict:
     return {
         "source": settings.source,
         "size": f"{source.width}x{source.height}",
-        "network_size": "x".join(map(str, reversed(network_size(source.height, source.width)))),
+        "network_size": "x".join(map(str, reversed(segmenter.spec.input_size(source.height, source.width)))),
         "backend": segmenter.name,
         "model": settings.model,
         "background": settings.bg,
@@ -126,7 +129,6 @@ def run_once(settings: BenchSettings) -> dict:
 def engine_only(models: list[str], size: str, iterations: int = 200, threads: int = 2) -> list[dict]:
     """The network alone, per installed backend and model, at its input size for `size` frames."""
     width, height = parse_size(size)
-    input_h, input_w = network_size(height, width)
     results = []
     for model in models:
         for backend in BACKENDS:
@@ -135,6 +137,7 @@ def engine_only(models: list[str], size: str, iterations: int = 200, threads: in
             except (BackendMissing, EngineError) as error:
                 results.append({"backend": backend, "model": model, "skipped": str(error)})
                 continue
+            input_h, input_w = segmenter.spec.input_size(height, width)
             images = torch.rand(1, 3, input_h, input_w, device=segmenter.device)
             for _ in range(max(3, iterations // 10)):
                 segmenter(images)
@@ -164,9 +167,14 @@ def print_table(runs: list[dict]) -> None:
               f"{run['cpu_percent']:>5.0f} {latency['p50']:>6.1f} {latency['p95']:>6.1f} {latency['p99']:>6.1f}  {stages}")
 
 
-def plot(runs: list[dict], path: Path) -> None:
-    """Latency CDF per stage (and end to end) and fps over time, one row per run."""
-    import matplotlib
+def plot(runs: list[dict], path: Path) -> bool:
+    """Latency CDF per stage (and end to end) and fps over time, one row per run. Without
+    matplotlib (the `bench` extra), says so in one line and returns False."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot {path}: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -192,9 +200,16 @@ def plot(runs: list[dict], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_cli(lambda: run(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
     defaults = BenchSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=defaults.source, help="demo, a video file, synthetic:WxH@FPS or a camera")
@@ -202,11 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=defaults.fps, help="demo and camera rate (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=defaults.frames)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--backend", default=defaults.backend, choices=("auto", *BACKENDS))
-    parser.add_argument("--model", default=defaults.model)
+    add_model_arguments(parser)
     parser.add_argument("--bg", default=defaults.bg)
     parser.add_argument("--sink", default=defaults.sink, help="null, vcam, window or a video file (default: null)")
-    parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--pace", action=argparse.BooleanOptionalAction, default=True,
                         help="deliver frames at the source rate like a camera (default: on)")
     parser.add_argument("--matrix", action="store_true", help="run every backend × model × size below")
@@ -218,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every number here, and a PNG beside it")
     parser.add_argument("--min-fps", type=float, help="exit 1 if any run is slower")
     parser.add_argument("--max-latency-ms", type=float, help="exit 1 if any run's p95 end-to-end latency is higher")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
 
     report: dict = {"machine": machine()}
     if args.engine_only:
@@ -250,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
-        if runs:
-            plot(runs, args.json.with_suffix(".png"))
-        print(f"wrote {args.json}" + (f" and {args.json.with_suffix('.png')}" if runs else ""))
+        plotted = bool(runs) and plot(runs, args.json.with_suffix(".png"))
+        print(f"wrote {args.json}" + (f" and {args.json.with_suffix('.png')}" if plotted else ""))
 
     failures = []
     for run in runs:

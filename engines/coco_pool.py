@@ -2,7 +2,7 @@
 
     python -m engines.coco_pool --annotations coco/annotations/instances_train2017.json \\
         --images coco/train2017 --out runs/coco --min-coverage 0.03
-    python -m engines.train --data ../shared/data/portraits --extra runs/coco ...
+    python -m engines.train --data ../shared/data/portraits:0.7 --data runs/coco:0.3 ...
 
 An image is kept when it has between `--min-people` and `--max-people` person annotations,
 none of them a crowd (whose people cannot be counted), and together they cover between
@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engines.data import add_to_split, fit_long_side, read_rgb, write_sample
+from engines.cli import run_cli
+from engines.data import add_to_split, fit_long_side, write_sample
+from engines.errors import BadArgument, UnusableInput
+from engines.imaging import read_rgb
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def coco_people(annotation_file: Path | str, rules: CocoPersonFilter = CocoPerso
     coco = COCO(str(annotation_file))
     person = coco.getCatIds(catNms=["person"])
     if not person:  # pycocotools reads no category ids as every category
-        raise ValueError(f"{annotation_file} has no 'person' category")
+        raise UnusableInput(f"{annotation_file} has no 'person' category")
     for image_id in sorted(coco.getImgIds(catIds=person)):
         annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id, catIds=person, iscrowd=None))
         if any(a.get("iscrowd", 0) for a in annotations):
@@ -90,7 +93,7 @@ def write_pool(annotation_file: Path, image_dir: Path, out: Path, rules: CocoPer
     return names
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     defaults = CocoPersonFilter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotations", type=Path, required=True, help="a COCO instances_*.json")
@@ -104,25 +107,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="and at most (default: %(default)s)")
     parser.add_argument("--long-side", type=int, default=640, help="stored images' long side at most (default: %(default)s)")
     args = parser.parse_args(argv)
-    if not args.annotations.is_file():
-        parser.error(f"no such annotation file: {args.annotations}")
-    if not args.images.is_dir():
-        parser.error(f"no such image folder: {args.images}")
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     if not 1 <= args.min_people <= args.max_people:
-        parser.error("--min-people must be at least 1 and at most --max-people")
+        raise BadArgument("--min-people must be at least 1 and at most --max-people")
     if not 0 <= args.min_coverage <= args.max_coverage <= 1:
-        parser.error("--min-coverage and --max-coverage must be shares in [0, 1], min ≤ max")
+        raise BadArgument("--min-coverage and --max-coverage must be shares in [0, 1], min ≤ max")
     if args.long_side < 16:
-        parser.error("--long-side must be at least 16")
+        raise BadArgument("--long-side must be at least 16")
+    if not args.annotations.is_file():
+        raise FileNotFoundError(f"no such annotation file: {args.annotations}")
+    if not args.images.is_dir():
+        raise FileNotFoundError(f"no such image folder: {args.images}")
     rules = CocoPersonFilter(args.min_people, args.max_people, args.min_coverage, args.max_coverage)
     try:
         names = write_pool(args.annotations, args.images, args.out, rules, args.long_side)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AssertionError) as error:
-        parser.error(f"{args.annotations} is not a COCO annotation file ({type(error).__name__}: {error})")
-    except (OSError, ValueError) as error:
-        parser.error(str(error))
+        raise UnusableInput(f"{args.annotations} is not a COCO annotation file ({type(error).__name__}: {error})") from None
     print(f"{len(names)} images written into {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

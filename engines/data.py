@@ -2,8 +2,8 @@
 
     python -c "from engines.data import load_portraits; print(load_portraits('../shared/data/portraits', 'test', (256, 192))[0].shape)"
 
-- `load_portraits`: a portrait folder (`images/NAME.jpg`, `masks/NAME.png`, `train.txt`,
-  `test.txt`) loaded whole into uint8 tensors at one size.
+- `load_portraits`: a portrait folder (`images/NAME.jpg`, `masks/NAME.png`, optionally
+  `ignore/NAME.png`, `train.txt`, `test.txt` or `val.txt`) loaded whole into uint8 tensors at one size.
 - `write_sample`, `add_to_split`, `fit_long_side`: write such a folder (`engines.pseudo_label`
   and `engines.coco_pool` do).
 - `load_backgrounds`: a folder of photos with nobody in them (landscapes, rooms, wallpapers),
@@ -11,6 +11,8 @@
 - `augment`: batch augmentation in torch, aimed at the seed's failure cases: poor and uneven
   light, blur and noise, dark clothes, scale and position, flips, and people pasted onto
   other backgrounds, real or synthetic. It runs on whatever device the batch is on.
+- `paste_people`: the people of one augmented sample pasted over another (several people,
+  of other folders, at other scales, partly cut by the frame edge).
 """
 from __future__ import annotations
 
@@ -23,9 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stream.backgrounds import cover
-from stream.frames import network_size
-from stream.sources import IMAGE_SUFFIXES
+from engines.imaging import IMAGE_SUFFIXES, cover, network_size, read_mask, read_rgb
 
 
 def read_split(root: Path | str, split: str) -> list[str]:
@@ -36,36 +36,30 @@ def read_split(root: Path | str, split: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_rgb(path: Path | str) -> np.ndarray:
-    """An image file as H×W×3 uint8 RGB (greyscale files are expanded)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def read_mask(path: Path | str) -> np.ndarray:
-    """A mask file as H×W bool (person where the pixel is above half intensity)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise FileNotFoundError(f"cannot read mask {path}")
-    return mask > 127
+def read_ignore(root: Path | str, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """The H×W bool map of pixels whose label is unknown (`root/ignore/NAME.png`, where the
+    folder has one: crowds, void borders, cyclists), or all False."""
+    path = Path(root) / "ignore" / f"{name}.png"
+    return read_mask(path) if path.is_file() else np.zeros(shape, bool)
 
 
 def load_portraits(
     root: Path | str, split: str, size: tuple[int, int], names: list[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images N×3×H×W uint8 and masks N×1×H×W uint8 (0 or 255) at `size` (H, W): each scaled to
-    cover it and centre-cropped, so that an image of another shape is not distorted."""
+    """Images N×3×H×W uint8 and masks N×2×H×W uint8 at `size` (H, W): each scaled to cover it
+    and centre-cropped, so that an image of another shape is not distorted. Mask channel 0 is
+    the person (0 or 255), channel 1 the pixels to leave out of loss and score (`ignore/`)."""
     root = Path(root)
     names = read_split(root, split) if names is None else names
     height, width = size
     images = np.empty((len(names), height, width, 3), np.uint8)
-    masks = np.empty((len(names), height, width), np.uint8)
+    masks = np.empty((len(names), 2, height, width), np.uint8)
     for i, name in enumerate(names):
         images[i] = cover(read_rgb(root / "images" / f"{name}.jpg"), width, height)
-        masks[i] = cover(read_mask(root / "masks" / f"{name}.png").astype(np.uint8) * 255, width, height)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+        person = read_mask(root / "masks" / f"{name}.png")
+        for channel, mask in enumerate((person, read_ignore(root, name, person.shape))):
+            masks[i, channel] = cover(mask.astype(np.uint8) * 255, width, height)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)
 
 
 def load_backgrounds(root: Path | str, size: tuple[int, int]) -> torch.Tensor:
@@ -83,7 +77,7 @@ def fit_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
     """`image` scaled down (area-averaged) so that its long side is at most `long_side`."""
     if max(image.shape[:2]) <= long_side:
         return image
-    height, width = network_size(*image.shape[:2], long_side=long_side, multiple=1)
+    height, width = network_size(*image.shape[:2], long_side, multiple=1)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
@@ -171,38 +165,32 @@ class AugmentSettings:
     dark_clothes: float = 0.2
 
 
-def augment(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    out_size: tuple[int, int],
-    generator: torch.Generator,
-    settings: AugmentSettings = AugmentSettings(),
-    backgrounds: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a batch: uint8 N×3×H×W images and N×1×H×W masks in, float [0, 1] out at `out_size`.
+class _Draw:
+    """Random draws for a batch of `n`, one value per image, from one generator."""
 
-    Output size may have another aspect than the input (landscape crops of portrait photos):
-    the area outside the photo is filled with another background and labelled background.
-    `backgrounds` (uint8 photos with nobody in them, see `load_backgrounds`) supply that share
-    of the other backgrounds; the rest are synthetic.
-    """
-    device = images.device
-    n = images.shape[0]
-    image = images.float() / 255
-    mask = masks.float() / 255
+    def __init__(self, n: int, generator: torch.Generator, device) -> None:
+        self.n, self.generator, self.device = n, generator, device
+
+    def uniform(self, low: float, high: float, shape=None) -> torch.Tensor:
+        shape = (self.n,) if shape is None else shape
+        return low + (high - low) * torch.rand(shape, generator=self.generator, device=self.device)
+
+    def chance(self, p: float) -> torch.Tensor:
+        """N×1×1×1: 1 for the images drawn with probability p, else 0."""
+        return (torch.rand(self.n, generator=self.generator, device=self.device) < p).float().view(self.n, 1, 1, 1)
+
+
+def _warp(image: torch.Tensor, mask: torch.Tensor, out_size: tuple[int, int], settings: AugmentSettings,
+          draw: _Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scale, rotate, flip and shift into the output frame: the image, the masks, and where the
+    photo covers the frame (N×1). The frame sees the photo scaled by a drawn `scale`, keeping
+    its aspect."""
+    n, device = image.shape[0], image.device
     out_h, out_w = out_size
-    in_h, in_w = images.shape[-2:]
-
-    def uniform(low: float, high: float, shape=(n,)) -> torch.Tensor:
-        return low + (high - low) * torch.rand(shape, generator=generator, device=device)
-
-    def chance(p: float) -> torch.Tensor:
-        return (torch.rand(n, generator=generator, device=device) < p).float().view(n, 1, 1, 1)
-
-    # Geometry: the output frame sees the photo scaled by `scale`, keeping its aspect.
-    scale = uniform(*settings.scale)
-    angle = uniform(-settings.rotate_degrees, settings.rotate_degrees) * math.pi / 180
-    flip = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    in_h, in_w = image.shape[-2:]
+    scale = draw.uniform(*settings.scale)
+    angle = draw.uniform(-settings.rotate_degrees, settings.rotate_degrees) * math.pi / 180
+    flip = torch.where(torch.rand(n, generator=draw.generator, device=device) < 0.5, -1.0, 1.0)
     # Work in units of half the frame height so that rotation keeps shapes; at scale 1 the
     # photo's height fills the frame's height, and zooming out keeps its bottom edge down.
     out_aspect, in_aspect = out_w / out_h, in_w / in_h
@@ -212,47 +200,102 @@ def augment(
     theta[:, 0, 1] = -sin / in_aspect / scale
     theta[:, 1, 0] = sin * flip * out_aspect / scale
     theta[:, 1, 1] = cos / scale
-    theta[:, 0, 2] = uniform(-settings.shift, settings.shift) * 2
-    theta[:, 1, 2] = (1 - 1 / scale).clamp(max=0) + uniform(-settings.shift, settings.shift)
+    theta[:, 0, 2] = draw.uniform(-settings.shift, settings.shift) * 2
+    theta[:, 1, 2] = (1 - 1 / scale).clamp(max=0) + draw.uniform(-settings.shift, settings.shift)
     grid = F.affine_grid(theta, [n, 3, out_h, out_w], align_corners=False)
-    inside = F.grid_sample(torch.ones_like(mask), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    inside = F.grid_sample(torch.ones_like(mask[:, :1]), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
     mask = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return image, mask, inside
 
-    # Backgrounds: outside the photo always, and behind the person by chance.
-    background = synthetic_backgrounds(n, out_size, generator, device)
+
+def _replace_background(image: torch.Tensor, mask: torch.Tensor, inside: torch.Tensor, settings: AugmentSettings,
+                        backgrounds: torch.Tensor | None, draw: _Draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Another background outside the photo always, and behind the person by chance; the
+    unknown pixels that it covers become known background."""
+    n, out_size = image.shape[0], image.shape[-2:]
+    background = synthetic_backgrounds(n, out_size, draw.generator, image.device)
     if backgrounds is not None:
-        real = chance(settings.real_background)
-        background = background * (1 - real) + background_crops(backgrounds, n, out_size, generator) * real
-    paste = chance(settings.paste)
-    keep = inside * (1 - paste) + paste * mask
+        real = draw.chance(settings.real_background)
+        background = background * (1 - real) + background_crops(backgrounds, n, out_size, draw.generator) * real
+    paste = draw.chance(settings.paste)
+    keep = inside * (1 - paste) + paste * mask[:, :1]
     image = image * keep + background * (1 - keep)
+    return image, torch.cat([mask[:, :1], mask[:, 1:] * keep], 1)
 
-    # Dark clothes: darken the person from a quarter of the frame below the top of the head.
-    ys = torch.linspace(0, 1, out_h, device=device).view(1, 1, out_h, 1)
-    person_rows = (mask.amax(dim=3, keepdim=True) > 0.5).float()
+
+def _darken_clothes(image: torch.Tensor, person: torch.Tensor, settings: AugmentSettings, draw: _Draw) -> torch.Tensor:
+    """Darken the person by chance, from a quarter of the frame below the top of the head."""
+    n, out_h = image.shape[0], image.shape[-2]
+    ys = torch.linspace(0, 1, out_h, device=image.device).view(1, 1, out_h, 1)
+    person_rows = (person.amax(dim=3, keepdim=True) > 0.5).float()
     head_top = 1 - (person_rows * (1 - ys)).amax(dim=2, keepdim=True)  # first person row, 0–1
     below_face = (ys > head_top + 0.25).float()
-    darken = chance(settings.dark_clothes) * mask * below_face
-    image = image * (1 - darken * uniform(0.5, 0.9).view(n, 1, 1, 1))
+    darken = draw.chance(settings.dark_clothes) * person * below_face
+    return image * (1 - darken * draw.uniform(0.5, 0.9).view(n, 1, 1, 1))
 
-    # Light: exposure, contrast, gamma, saturation, colour cast, uneven light.
-    image = image * uniform(0.5, 1.4).view(n, 1, 1, 1)
+
+def _relight(image: torch.Tensor, settings: AugmentSettings, draw: _Draw) -> torch.Tensor:
+    """Exposure, contrast, gamma, saturation, colour cast and, by chance, uneven light."""
+    n, (out_h, out_w), device = image.shape[0], image.shape[-2:], image.device
+    image = image * draw.uniform(0.5, 1.4).view(n, 1, 1, 1)
     grey = image.mean(dim=1, keepdim=True)
-    image = grey + (image - grey) * uniform(0.5, 1.4).view(n, 1, 1, 1)
+    image = grey + (image - grey) * draw.uniform(0.5, 1.4).view(n, 1, 1, 1)
     mean = image.mean(dim=(1, 2, 3), keepdim=True)
-    image = mean + (image - mean) * uniform(0.6, 1.3).view(n, 1, 1, 1)
-    image = image * uniform(0.85, 1.15, (n, 3)).view(n, 3, 1, 1)
-    image = image.clamp(0, 1) ** uniform(0.7, 1.5).view(n, 1, 1, 1)
+    image = mean + (image - mean) * draw.uniform(0.6, 1.3).view(n, 1, 1, 1)
+    image = image * draw.uniform(0.85, 1.15, (n, 3)).view(n, 3, 1, 1)
+    image = image.clamp(0, 1) ** draw.uniform(0.7, 1.5).view(n, 1, 1, 1)
     xs = torch.linspace(-1, 1, out_w, device=device).view(1, 1, 1, out_w)
-    direction = uniform(0, 2 * math.pi)
+    ys = torch.linspace(0, 1, out_h, device=device).view(1, 1, out_h, 1)
+    direction = draw.uniform(0, 2 * math.pi)
     ramp = torch.cos(direction).view(n, 1, 1, 1) * xs + torch.sin(direction).view(n, 1, 1, 1) * (ys * 2 - 1)
-    uneven = 1 + chance(settings.uneven_light) * uniform(0.2, 0.6).view(n, 1, 1, 1) * ramp
-    image = image * uneven
+    return image * (1 + draw.chance(settings.uneven_light) * draw.uniform(0.2, 0.6).view(n, 1, 1, 1) * ramp)
 
+
+def augment(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    out_size: tuple[int, int],
+    generator: torch.Generator,
+    settings: AugmentSettings = AugmentSettings(),
+    backgrounds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch: uint8 N×3×H×W images and N×C×H×W masks in, float [0, 1] out at `out_size`.
+
+    Mask channel 0 is the person; further channels (the ignore map) are moved with it, and
+    where a pasted background replaces the photo they become 0.
+
+    Output size may have another aspect than the input (landscape crops of portrait photos):
+    the area outside the photo is filled with another background and labelled background.
+    `backgrounds` (uint8 photos with nobody in them, see `load_backgrounds`) supply that share
+    of the other backgrounds; the rest are synthetic.
+    """
+    n = images.shape[0]
+    draw = _Draw(n, generator, images.device)
+    image, mask, inside = _warp(images.float() / 255, masks.float() / 255, out_size, settings, draw)
+    image, mask = _replace_background(image, mask, inside, settings, backgrounds, draw)
+    image = _darken_clothes(image, mask[:, :1], settings, draw)
+    image = _relight(image, settings, draw)
     # Camera: blur and sensor noise.
-    sigma = chance(settings.blur).view(n) * uniform(0.5, 2.0)
-    image = _blur(image, sigma)
-    noise_level = chance(settings.noise) * uniform(0.01, 0.06).view(n, 1, 1, 1)
-    image = image + noise_level * torch.randn(image.shape, generator=generator, device=device)
+    image = _blur(image, draw.chance(settings.blur).view(n) * draw.uniform(0.5, 2.0))
+    noise_level = draw.chance(settings.noise) * draw.uniform(0.01, 0.06).view(n, 1, 1, 1)
+    image = image + noise_level * torch.randn(image.shape, generator=generator, device=images.device)
     return image.clamp(0, 1), (mask > 0.5).float()
+
+
+def paste_people(
+    images: torch.Tensor, masks: torch.Tensor, chance: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """With probability `chance` per sample, the person of another sample of the batch pasted
+    over it (copy-paste augmentation): several people per frame, from other folders and at
+    other scales. Both people stay labelled; the pasted one hides what it covers.
+
+    images N×3×H×W and masks N×C×H×W float (channel 0 the person, then the ignore map), as
+    `augment` returns them."""
+    n = images.shape[0]
+    donor = torch.roll(torch.arange(n), shifts=int(torch.randint(1, max(2, n), (1,), generator=generator)))
+    pasted = (torch.rand(n, generator=generator) < chance).float().view(n, 1, 1, 1).to(images.device)
+    donated = masks[donor, :1] * pasted
+    images = images * (1 - donated) + images[donor] * donated
+    person = torch.maximum(masks[:, :1], donated)
+    return images, torch.cat([person, masks[:, 1:] * (1 - donated)], 1)

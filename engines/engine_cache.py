@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from engines.segmenter import EngineError
+from engines.errors import EngineError
 
 log = logging.getLogger("engines")
 

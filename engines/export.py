@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.segmenter import EngineError
-from engines.tiramisu import Tiramisu, load_weights
+from engines.cli import run_cli
+from engines.errors import BadArgument, EngineError, UnusableInput
+from engines.tiramisu import InferenceSpec, Tiramisu, load_weights, weights_header
 
 
 class _AlphaGraph(nn.Module):
@@ -39,12 +40,14 @@ def export_onnx(
     path: Path | str,
     shape: tuple[int, int, int] | None = None,
     half: bool = False,
+    spec: InferenceSpec = InferenceSpec(),
 ) -> Path:
     """Write `model` as ONNX to `path` atomically and return the path.
 
     `shape` (N, H, W) fixes the input shape; without it batch, height and width are dynamic.
     `half` makes the weights and arithmetic float16 (what TensorRT 11's strongly typed
-    networks need for FP16), keeping float32 input and output.
+    networks need for FP16), keeping float32 input and output. `spec` is stored in the
+    file's metadata, so that the ONNX file alone says how the model must be run.
     """
     import onnx
 
@@ -61,10 +64,11 @@ def export_onnx(
                           output_names=["alpha"], dynamic_axes=dynamic)
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto, full_check=True)
+    onnx.helper.set_model_props(proto, {"inference": spec.to_json()})
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".onnx.part")
     with os.fdopen(handle, "wb") as file:
-        file.write(buffer.getvalue())
+        file.write(proto.SerializeToString())
     os.replace(temporary, path)
     return path
 
@@ -82,23 +86,45 @@ def onnx_difference(model: Tiramisu, path: Path | str, shape: tuple[int, int, in
     return float(np.abs(actual - expected).max())
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a Tiramisu's weights to ONNX.")
     parser.add_argument("weights", type=Path, help=".safetensors file")
     parser.add_argument("-o", "--output", type=Path, help="default: beside the weights, .onnx")
     parser.add_argument("--shape", help="fixed NxHxW input shape; dynamic if omitted")
     parser.add_argument("--half", action="store_true", help="float16 weights and arithmetic inside")
     args = parser.parse_args(argv)
-    model = load_weights(args.weights)
-    shape = tuple(int(v) for v in args.shape.lower().split("x")) if args.shape else None
+    return run_cli(lambda: run(args))
+
+
+def _shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        batch, height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadArgument(f"bad --shape {text!r}: use NxHxW, for example 1x144x256") from None
+    if min(batch, height, width) <= 0:
+        raise BadArgument(f"bad --shape {text!r}: every side must be positive")
+    return batch, height, width
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.weights.is_file():
+        raise FileNotFoundError(f"no weights file {args.weights}")
+    shape = _shape(args.shape)
+    try:
+        model = load_weights(args.weights)
+    except (ValueError, RuntimeError) as error:  # not safetensors, or not a Tiramisu's
+        raise UnusableInput(f"cannot load {args.weights}: {error}") from None
     output = args.output or args.weights.with_suffix(".onnx")
-    export_onnx(model, output, shape, args.half)
+    export_onnx(model, output, shape, args.half, InferenceSpec.from_json(weights_header(args.weights).get("inference")))
     difference = onnx_difference(model, output, shape or (1, 144, 256))
     tolerance = 1e-2 if args.half else 1e-4
     if difference > tolerance:
         raise EngineError(f"ONNX Runtime differs from PyTorch by {difference:.2e} (more than {tolerance:.0e})")
     print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB); largest difference from PyTorch {difference:.2e}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engines.segmenter import BackendMissing, EngineError, ModelFiles
+from engines.errors import BackendMissing, EngineError
+from engines.models import ModelFiles
+from engines.tiramisu import InferenceSpec
 
 
 class OnnxSegmenter:
@@ -13,8 +15,9 @@ class OnnxSegmenter:
     name = "onnxruntime"
     device = torch.device("cpu")
 
-    def __init__(self, session) -> None:
+    def __init__(self, session, spec: InferenceSpec) -> None:
         self.session = session
+        self.spec = spec
 
     @classmethod
     def open(cls, files: ModelFiles, threads: int = 2) -> "OnnxSegmenter":
@@ -34,7 +37,7 @@ class OnnxSegmenter:
             session = onnxruntime.InferenceSession(str(files.onnx), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own unrelated exception types
             raise EngineError(f"onnxruntime cannot load {files.onnx}: {error}") from error
-        return cls(session)
+        return cls(session, files.spec)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)

@@ -14,7 +14,7 @@ Two teachers, told apart by the file given:
 They cover what the portrait set lacks: whole bodies, people far from the camera and people
 in rooms. Every input becomes `images/NAME.jpg` and
 `masks/NAME.png` (the teacher's probability, 0–255) listed in `SPLIT.txt`: the portrait
-folder layout, so `engines.train --extra` and `engines.evaluate` take it as it is. Running
+folder layout, so `engines.train --data` and `benchmarks/evaluate.py` take it as it is. Running
 again into the same folder adds to the list.
 
 Frames where the teacher is unsure are left out: those where it sees almost nobody, or where
@@ -34,9 +34,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engines.data import add_to_split, fit_long_side, read_rgb, write_sample
-from engines.segmenter import BackendMissing
-from stream.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from engines.data import add_to_split, fit_long_side, write_sample
+from engines.cli import run_cli
+from engines.errors import BackendMissing, BadArgument, UnusableInput
+from engines.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_rgb
 
 
 class Teacher(Protocol):
@@ -143,12 +144,12 @@ def open_teacher(model: Path, threads: int = 2) -> Teacher:
             return MattingTeacher(model, threads)
         if SELFIE_MEMBER in members:
             return SelfieTeacher(model, threads)
-        raise ValueError(f"{model} holds neither {MATTING_MEMBER} nor {SELFIE_MEMBER}")
+        raise UnusableInput(f"{model} holds neither {MATTING_MEMBER} nor {SELFIE_MEMBER}")
     if Path(model).suffix == ".onnx":
         return MattingTeacher(model, threads)
     if Path(model).suffix == ".tflite":
         return SelfieTeacher(model, threads)
-    raise ValueError(f"a teacher is a .whl, .onnx or .tflite file, not {model}")
+    raise BadArgument(f"a teacher is a .whl, .onnx or .tflite file, not {model}")
 
 
 def _frames(path: Path, name: str, every: int, all_frames: bool) -> Iterator[tuple[str, np.ndarray, bool]]:
@@ -217,7 +218,7 @@ def label(paths: list[Path], out: Path, teacher: Teacher, every: int = 8, split:
     return names
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", type=Path, nargs="+", help="images, videos, or folders of them")
     parser.add_argument("--teacher", type=Path, required=True,
@@ -233,13 +234,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out frames where the person covers less than this share (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    try:
-        names = label(args.inputs, args.out, open_teacher(args.teacher, args.threads), args.every, args.split,
-                      args.long_side, args.max_unsure, args.min_person)
-    except (OSError, ValueError, BackendMissing) as error:
-        parser.error(str(error))
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    names = label(args.inputs, args.out, open_teacher(args.teacher, args.threads), args.every, args.split,
+                  args.long_side, args.max_unsure, args.min_person)
     print(f"{len(names)} images labelled into {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

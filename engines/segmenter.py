@@ -2,7 +2,8 @@
 
     python -c "from engines.segmenter import open_segmenter; print(open_segmenter('auto').name)"
 
-Every backend takes the same input and returns the same output:
+Every backend takes the same input and returns the same output, and carries the model's
+`InferenceSpec` (how frames are sized for it and its matte upsampled):
 
     alpha = segmenter(images)
     images: N×3×H×W float32 RGB in [0, 1], on `segmenter.device`, any H and W
@@ -15,60 +16,28 @@ one was skipped.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from engines.errors import BackendMissing, EngineError
+from engines.models import ModelFiles, resolve_model
+from engines.tiramisu import InferenceSpec
+
 log = logging.getLogger("engines")
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "compact"
 BACKENDS = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
-
-
-class BackendMissing(ImportError):
-    """A backend's library or device is not there; the message names what to install."""
-
-
-class EngineError(RuntimeError):
-    """A backend is installed but cannot run this model."""
 
 
 class Segmenter(Protocol):
     name: str
     device: torch.device
+    spec: InferenceSpec
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """N×3×H×W float32 RGB in [0, 1] → N×1×H×W float32 alpha in [0, 1], on `device`."""
         ...
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """A model's weights: safetensors for PyTorch, and the ONNX export where one exists."""
-
-    name: str
-    safetensors: Path | None
-    onnx: Path | None
-
-
-def resolve_model(model: str | Path | None) -> ModelFiles:
-    """A shipped model's name (`compact`) or a path to a `.safetensors` or `.onnx` file."""
-    text = str(model or DEFAULT_MODEL)
-    path = Path(text)
-    if path.suffix in (".safetensors", ".onnx"):
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} not found")
-        sibling = path.with_suffix(".onnx" if path.suffix == ".safetensors" else ".safetensors")
-        files = {path.suffix: path, sibling.suffix: sibling if sibling.is_file() else None}
-        return ModelFiles(path.stem, files[".safetensors"], files[".onnx"])
-    safetensors, onnx = WEIGHTS_DIR / f"{text}.safetensors", WEIGHTS_DIR / f"{text}.onnx"
-    if not safetensors.is_file() and not onnx.is_file():
-        shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
-        raise FileNotFoundError(f"no model {text!r}: give a .safetensors or .onnx path, or one of {', '.join(shipped)}")
-    return ModelFiles(text, safetensors if safetensors.is_file() else None, onnx if onnx.is_file() else None)
 
 
 def _open(backend: str, files: ModelFiles, threads: int) -> Segmenter:

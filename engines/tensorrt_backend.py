@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from engines.engine_cache import EngineCache, EngineKey, cache_directory, file_sha256
-from engines.segmenter import BackendMissing, EngineError, ModelFiles
+from engines.errors import BackendMissing, EngineError
+from engines.models import ModelFiles
+from engines.tiramisu import InferenceSpec
 
 log = logging.getLogger("engines")
 
@@ -134,8 +136,10 @@ class TensorRTSegmenter:
 
     name = "tensorrt"
 
-    def __init__(self, trt, onnx_path: Path, precision: str, cache: EngineCache, device: torch.device) -> None:
+    def __init__(self, trt, onnx_path: Path, precision: str, cache: EngineCache, device: torch.device,
+                 spec: InferenceSpec) -> None:
         self.trt = trt
+        self.spec = spec
         self.onnx_path = onnx_path
         self.onnx_sha256 = file_sha256(onnx_path)
         self.precision = precision
@@ -161,7 +165,7 @@ class TensorRTSegmenter:
             log.warning("TensorRT %s builds float16 only from a float16 export of the weights, and model %s has no "
                         ".safetensors; its engines run in float32", trt.__version__, files.name)
         precision = "fp16" if half_inside or not half else "fp32"  # TensorRT 10's flag makes any ONNX fp16
-        return cls(trt, onnx_path, precision, cache, torch.device("cuda", torch.cuda.current_device()))
+        return cls(trt, onnx_path, precision, cache, torch.device("cuda", torch.cuda.current_device()), files.spec)
 
     def engine_key(self, shape: tuple[int, ...]) -> EngineKey:
         return EngineKey(self.gpu_name, self.capability, self.trt.__version__, self.onnx_sha256, shape, self.precision)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engines.imaging import network_size
+
 # ImageNet statistics: images are normalised inside the network so that every backend takes
 # plain [0, 1] RGB.
 _MEAN = (0.485, 0.456, 0.406)
@@ -49,6 +51,31 @@ class TiramisuConfig:
         fields = json.loads(text)
         fields["down_layers"] = tuple(fields["down_layers"])
         return cls(**fields)
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """How a model must be run, stored in its weights beside the config: the network input's
+    long side and size multiple, and the guided upsampling's radius (network pixels) and
+    regularisation. The loop, file mode, evaluation and the GPU check all read it."""
+
+    long_side: int = 256
+    multiple: int = 16
+    upsample_radius: int = 4
+    upsample_eps: float = 1e-3
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The network's input (H, W) for a frame of height×width."""
+        return network_size(height, width, self.long_side, self.multiple)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "InferenceSpec":
+        """The spec in a weights header; the defaults (how every model ran before the header
+        held one) when there is none."""
+        return cls(**json.loads(text)) if text else cls()
 
 
 PRESETS: dict[str, TiramisuConfig] = {
@@ -198,21 +225,28 @@ class Tiramisu(nn.Module):
         return torch.softmax(self.forward(image), dim=1)[:, 1:2]
 
 
-def save_weights(model: Tiramisu, path: Path | str, **metadata: str) -> None:
-    """Write the weights as safetensors, with the config (and any notes) in the header."""
+def save_weights(model: Tiramisu, path: Path | str, spec: InferenceSpec = InferenceSpec(), **metadata: str) -> None:
+    """Write the weights as safetensors, with the config, the inference spec (and any notes)
+    in the header."""
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(path), metadata={"config": model.config.to_json(), **metadata})
+    save_file(state, str(path), metadata={"config": model.config.to_json(), "inference": spec.to_json(), **metadata})
+
+
+def weights_header(path: Path | str) -> dict[str, str]:
+    """The notes in a safetensors file's header (config, inference spec, training notes)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
 
 
 def load_weights(path: Path | str) -> Tiramisu:
     """Read a Tiramisu written by `save_weights` (no pickle), in eval mode on the CPU."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = weights_header(path)
     if "config" not in metadata:
         raise ValueError(f"{path} has no Tiramisu config in its header")
     model = Tiramisu(TiramisuConfig.from_json(metadata["config"]))

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import torch
 
-from engines.segmenter import BackendMissing, EngineError, ModelFiles
-from engines.tiramisu import Tiramisu, load_weights
+from engines.errors import BackendMissing, EngineError
+from engines.models import ModelFiles
+from engines.tiramisu import InferenceSpec, Tiramisu, load_weights
 
 
 class TorchSegmenter:
     """Runs a `Tiramisu` eagerly; on CUDA in float16 with float32 input and output."""
 
-    def __init__(self, model: Tiramisu, device: torch.device, threads: int = 2) -> None:
+    def __init__(self, model: Tiramisu, device: torch.device, threads: int = 2,
+                 spec: InferenceSpec = InferenceSpec(), half: bool | None = None) -> None:
+        """`half`: float16 inside (default: on CUDA only)."""
         self.device = device
+        self.spec = spec
         self.threads = threads
-        self.half = device.type == "cuda"
+        self.half = device.type == "cuda" if half is None else half
         self.model = model.to(device, torch.float16 if self.half else torch.float32).eval()
         self.name = f"torch-{device.type}"
 
@@ -23,7 +27,7 @@ class TorchSegmenter:
             raise BackendMissing("no CUDA GPU visible to torch")
         if files.safetensors is None:
             raise EngineError(f"model {files.name} has no .safetensors weights for PyTorch")
-        return cls(load_weights(files.safetensors), torch.device(device), threads)
+        return cls(load_weights(files.safetensors), torch.device(device), threads, files.spec)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Train a Tiramisu on a portrait folder, optionally with teacher-labelled extra folders.
+"""Train a Tiramisu on one or more folders of images with person masks.
 
     python -m engines.train --data ../shared/data/portraits --preset compact --epochs 60 --out runs/compact
-    python -m engines.train --data ../shared/data/portraits --extra runs/fullbody --backgrounds photos/ \
-        --init runs/compact/best.safetensors --min-scale 0.4 --ema 0.998 --epochs 20 --out runs/fullbody-tune
+    python -m engines.train --data ../shared/data/portraits:0.4 --data ../shared/data/wholebody/ccp:0.2 \
+        --data ../shared/data/wholebody/coco_subsets:0.2 --floor 94 --paste-people 0.3 \
+        --init runs/compact/best.safetensors --min-scale 0.4 --ema 0.998 --epochs 20 --out runs/wholebody
 
 Two recipes:
 - `seed`: the article's baseline (two classes, cross-entropy, RMSProp at lr 1e-3, flips only).
@@ -10,16 +11,21 @@ Two recipes:
   the augmentation of `engines.data.augment` (light, blur, noise, dark clothes, scale,
   position, landscape framing, pasted backgrounds).
 
-`--extra` folders (the same layout, e.g. written by `engines.pseudo_label`) are further pools:
-a share of the batches (`--extra-share`) comes from them, from each in proportion to its
-size. `--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
+Each `--data FOLDER[:SHARE]` (the portrait layout: `images/`, `masks/`, optional `ignore/`,
+`train.txt`, optional `val.txt`; `engines.pseudo_label` and `engines.coco_pool` write it) is a
+pool; each sample of a batch comes from a pool drawn by its share (default: by pool size).
+`ignore/` pixels are left out of the loss and of validation. `--paste-people` pastes the
+person of one sample over another, so frames hold several people from different folders.
+`--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
 `--init` starts from trained weights of the same preset.
 
-Every pool holds out a fixed tenth for validation; the validation score is the mean of the
-pools' IoUs. With `--ema`, what is validated and kept is a moving average of the weights and
-batch-norm statistics, steadier than the last step's when batches come from unlike pools.
-Training keeps the checkpoint with the best score as `best.safetensors`, writes `last.pt`
-every epoch (`--resume` continues from it), and saves `grid_NNN.png`: predictions on fixed
+Each pool is validated on its `val.txt`, or on a fixed tenth held out of `train.txt` where it
+has none. The rule for the checkpoint kept as `best.safetensors`: the highest mean of the
+pools' validation IoUs among the epochs where the first pool (the portraits) scores at least
+`--floor`. With `--ema`, what is validated and kept is a moving average of the weights and
+batch-norm statistics, steadier than the last step's when batches mix unlike pools.
+Training writes `last.pt` every epoch (`--resume` continues from it), a line per epoch with
+every pool's validation IoU to `log.jsonl`, and `grid_NNN.png`: predictions on fixed
 validation images of each pool.
 """
 from __future__ import annotations
@@ -39,19 +45,23 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from engines.data import AugmentSettings, augment, load_backgrounds, load_portraits, read_rgb, read_split
+from engines.cli import parse_size, run_cli
+from engines.data import AugmentSettings, augment, load_backgrounds, load_portraits, paste_people, read_split
+from engines.errors import BadArgument
+from engines.imaging import network_size, read_rgb
 from engines.metrics import batch_iou
-from engines.tiramisu import PRESETS, Tiramisu, load_weights, save_weights
-from stream.frames import network_size
+from engines.tiramisu import PRESETS, InferenceSpec, Tiramisu, load_weights, save_weights
 
 
 @dataclass
 class TrainSettings:
-    data: str
+    data: tuple[str, ...]
+    shares: tuple[float, ...] = ()  # chance of each pool per sample; empty: by pool size
+    floor: float = 0.0  # the first pool's validation IoU that a kept checkpoint must reach
     out: str = "runs/compact"
     preset: str = "compact"
     recipe: str = "ours"
-    size: tuple[int, int] = (256, 192)  # H, W of portrait crops
+    size: tuple[int, int] = (256, 192)  # H, W of portrait crops (the flag is WIDTHxHEIGHT)
     landscape_size: tuple[int, int] = (160, 288)  # H, W of landscape crops
     landscape_share: float = 0.25
     epochs: int = 60
@@ -62,8 +72,7 @@ class TrainSettings:
     threads: int = 2
     seed: int = 0
     resume: bool = False
-    extra: tuple[str, ...] = ()
-    extra_share: float = 0.5
+    paste_people: float = 0.0
     backgrounds: str | None = None
     init: str | None = None
     min_scale: float = 0.7
@@ -94,22 +103,34 @@ class Pool:
 
 
 def load_pool(root: str, crop: tuple[int, int], seed: int) -> Pool:
-    """`root`'s train split, loaded with room to zoom in; the folder's first image sets its
-    aspect, and images of another shape are cropped to it."""
-    train_names, val_names = split_validation(read_split(root, "train"), seed)
+    """`root`'s train split, loaded with room to zoom in, and its validation images; the
+    folder's first image sets its aspect, and images of another shape are cropped to it."""
+    if (Path(root) / "val.txt").is_file():
+        train_names, val_names = read_split(root, "train"), read_split(root, "val")
+    else:
+        train_names, val_names = split_validation(read_split(root, "train"), seed)
     height, width = read_rgb(Path(root) / "images" / f"{train_names[0]}.jpg").shape[:2]
-    load_size = network_size(height, width, long_side=max(crop) * 5 // 4, multiple=1)
+    load_size = network_size(height, width, max(crop) * 5 // 4, multiple=1)
     print(f"loading {root}: {len(train_names)} training and {len(val_names)} validation images at {load_size}")
     images, masks = load_portraits(root, "train", load_size, train_names)
-    val_images, val_masks = load_portraits(root, "train", network_size(height, width, long_side=max(crop)), val_names)
+    val_images, val_masks = load_portraits(root, "val", network_size(height, width, max(crop)), val_names)
     return Pool(Path(root).name, images, masks, val_images, val_masks)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    probability = torch.softmax(logits, dim=1)[:, 1:2]
-    intersection = (probability * target).sum((1, 2, 3))
-    total = probability.sum((1, 2, 3)) + target.sum((1, 2, 3))
-    return (1 - (2 * intersection + 1) / (total + 1)).mean()
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    """Cross-entropy plus `dice_weight` × soft Dice over the known pixels.
+
+    logits N×2×H×W; target N×2×H×W float: channel 0 the person, channel 1 the unknown pixels."""
+    known = 1 - target[:, 1:2]
+    cross_entropy = F.cross_entropy(logits, target[:, 0].long(), reduction="none")[:, None]
+    loss = (cross_entropy * known).sum() / known.sum().clamp(min=1)
+    if dice_weight:
+        probability = torch.softmax(logits, dim=1)[:, 1:2] * known
+        person = target[:, :1] * known
+        intersection = (probability * person).sum((1, 2, 3))
+        total = probability.sum((1, 2, 3)) + person.sum((1, 2, 3))
+        loss = loss + dice_weight * (1 - (2 * intersection + 1) / (total + 1)).mean()
+    return loss
 
 
 def _flip_only(images: torch.Tensor, masks: torch.Tensor, out_size, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,11 +144,11 @@ def _flip_only(images: torch.Tensor, masks: torch.Tensor, out_size, generator) -
 def prediction_grid(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor) -> np.ndarray:
     """Rows of image | truth | prediction overlay, as an H×W×3 uint8 BGR picture for cv2.
 
-    images N×3×H×W and masks N×1×H×W uint8, alpha N×1×H×W in [0, 1]."""
+    images N×3×H×W and masks N×2×H×W uint8 (person, unknown), alpha N×1×H×W in [0, 1]."""
     rows = []
     for image, mask, a in zip(images, masks, alpha):
         picture = image.permute(1, 2, 0).numpy()
-        truth = np.repeat(mask[0].numpy()[..., None], 3, 2)  # uint8 masks hold 0 or 255
+        truth = np.repeat((mask[0].numpy() // 2 + mask[1].numpy() // 4)[..., None], 3, 2)  # unknown in grey
         overlay = picture.astype(np.float32) * (0.35 + 0.65 * a[0].numpy()[..., None])
         rows.append(np.concatenate([picture, truth, overlay.astype(np.uint8)], 1))
     return cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR)
@@ -139,9 +160,72 @@ def validate(model: Tiramisu, images: torch.Tensor, masks: torch.Tensor) -> floa
     scores = []
     for start in range(0, len(images), 32):
         image = images[start : start + 32].float() / 255
-        scores.append(batch_iou(model.alpha(image) > 0.5, masks[start : start + 32] > 127))
+        person, known = masks[start : start + 32, :1] > 127, masks[start : start + 32, 1:] <= 127
+        scores.append(batch_iou((model.alpha(image) > 0.5) & known, person & known))
     model.train()
     return float(torch.cat(scores).mean())
+
+
+def draw_batch(pools: list[Pool], shares: torch.Tensor, landscape_shares: torch.Tensor, settings: TrainSettings,
+               augment_settings: AugmentSettings, backgrounds: torch.Tensor | None,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented batch: each sample from a pool drawn by `shares`, all at one crop size
+    (landscape by the chance of the pools drawn). Images N×3×H×W float, targets N×2×H×W."""
+    drawn = torch.multinomial(shares, settings.batch, replacement=True, generator=generator)
+    landscape = (settings.recipe != "seed"
+                 and torch.rand(1, generator=generator).item() < landscape_shares[drawn].mean().item())
+    size = settings.landscape_size if landscape else settings.size
+    parts = []
+    for pool_index in drawn.unique().tolist():
+        pool = pools[pool_index]
+        index = torch.randint(0, len(pool.images), (int((drawn == pool_index).sum()),), generator=generator)
+        if settings.recipe == "seed":
+            parts.append(_flip_only(pool.images[index], pool.masks[index], size, generator))
+        else:
+            parts.append(augment(pool.images[index], pool.masks[index], size, generator, augment_settings,
+                                 backgrounds))
+    image, target = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if settings.paste_people:
+        image, target = paste_people(image, target, settings.paste_people, generator)
+    return image, target
+
+
+def open_model(settings: TrainSettings) -> Tiramisu:
+    """A new network of the preset, or the `--init` weights (which must be of that preset)."""
+    if not settings.init:
+        return Tiramisu.from_preset(settings.preset)
+    model = load_weights(settings.init)
+    if model.config != PRESETS[settings.preset]:
+        raise BadArgument(f"--init {settings.init} is not a {settings.preset!r} network; pass its --preset")
+    return model
+
+
+def make_optimizer(model: Tiramisu, settings: TrainSettings, steps_per_epoch: int):
+    """The recipe's optimizer and learning-rate schedule (stepped once per batch)."""
+    if settings.recipe == "seed":
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup, total_steps = steps_per_epoch, steps_per_epoch * settings.epochs
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def save_grid(model: Tiramisu, pools: list[Pool], path: Path) -> None:
+    """Predictions on the first four validation images of each pool, as one picture."""
+    model.eval()
+    grids = []
+    for pool in pools:
+        sample = pool.val_images[:4]
+        picture = prediction_grid(sample, pool.val_masks[:4], model.alpha(sample.float() / 255))
+        grids.append(cv2.resize(picture, (480, round(picture.shape[0] * 480 / picture.shape[1]))))
+    cv2.imwrite(str(path), np.concatenate(grids, 0))
 
 
 def train(settings: TrainSettings) -> None:
@@ -151,44 +235,25 @@ def train(settings: TrainSettings) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
 
-    pools = [load_pool(root, settings.size, settings.seed) for root in (settings.data, *settings.extra)]
-    shares = torch.ones(1)  # chance of each pool per batch
-    if settings.extra:
-        sizes = torch.tensor([float(len(pool.images)) for pool in pools[1:]])
-        shares = torch.cat([torch.tensor([1 - settings.extra_share]), settings.extra_share * sizes / sizes.sum()])
+    pools = [load_pool(root, settings.size, settings.seed) for root in settings.data]
+    shares = torch.tensor(settings.shares or [float(len(pool.images)) for pool in pools])
+    landscape_shares = torch.tensor([1 - settings.landscape_share if pool.landscape else settings.landscape_share
+                                     for pool in pools])
     backgrounds = None
     if settings.backgrounds:
         backgrounds = load_backgrounds(settings.backgrounds, (settings.size[0] * 3 // 2, settings.size[0] * 2))
         print(f"{len(backgrounds)} background photos from {settings.backgrounds}")
 
-    if settings.init:
-        model = load_weights(settings.init)
-        if model.config != PRESETS[settings.preset]:
-            raise ValueError(f"--init {settings.init} is not a {settings.preset!r} network; pass its --preset")
-    else:
-        model = Tiramisu.from_preset(settings.preset)
+    model = open_model(settings)
     steps_per_epoch = sum(len(pool.images) for pool in pools) // settings.batch
-    total_steps = steps_per_epoch * settings.epochs
-    if settings.recipe == "seed":
-        optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        warmup = steps_per_epoch
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
+    optimizer, schedule = make_optimizer(model, settings, steps_per_epoch)
     # What is validated and kept: the weights themselves, or their moving average (which also
     # averages the batch-norm statistics over many batches of every pool).
     average = None
     if settings.ema:
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
     kept = average.module if average else model
+    spec = InferenceSpec(long_side=max(settings.size))  # the network is validated at its crops' long side
 
     start_epoch, best = 0, -1.0
     checkpoint_path = out / "last.pt"
@@ -204,26 +269,15 @@ def train(settings: TrainSettings) -> None:
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
     augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]))
-    model.train()
+    dice_weight = settings.dice_weight if settings.recipe != "seed" else 0.0
     for epoch in range(start_epoch, settings.epochs):
-        progress = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False)
+        model.train()
         losses = []
         started = time.perf_counter()
-        for step in progress:
-            pool = pools[int(torch.multinomial(shares, 1, generator=generator))]
-            index = torch.randint(0, len(pool.images), (settings.batch,), generator=generator)
-            landscape_share = 1 - settings.landscape_share if pool.landscape else settings.landscape_share
-            landscape = settings.recipe != "seed" and torch.rand(1, generator=generator).item() < landscape_share
-            size = settings.landscape_size if landscape else settings.size
-            if settings.recipe == "seed":
-                image, target = _flip_only(pool.images[index], pool.masks[index], size, generator)
-            else:
-                image, target = augment(pool.images[index], pool.masks[index], size, generator, augment_settings,
-                                        backgrounds)
-            logits = model(image)
-            loss = F.cross_entropy(logits, target[:, 0].long())
-            if settings.recipe != "seed":
-                loss = loss + settings.dice_weight * dice_loss(logits, target)
+        for _ in (progress := tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False)):
+            image, target = draw_batch(pools, shares, landscape_shares, settings, augment_settings, backgrounds,
+                                       generator)
+            loss = segmentation_loss(model(image), target, dice_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -235,22 +289,14 @@ def train(settings: TrainSettings) -> None:
 
         pool_scores = {pool.name: validate(kept, pool.val_images, pool.val_masks) for pool in pools}
         val_iou = float(np.mean(list(pool_scores.values())))
-        improved = val_iou > best
+        improved = val_iou > best and pool_scores[pools[0].name] >= settings.floor
         if improved:
             best = val_iou
-            save_weights(kept, out / "best.safetensors", preset=settings.preset, recipe=settings.recipe,
+            save_weights(kept, out / "best.safetensors", spec, preset=settings.preset, recipe=settings.recipe,
                          epoch=str(epoch + 1), val_iou=f"{val_iou:.2f}")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "average": average.state_dict() if average else None, "epoch": epoch, "best": best}, checkpoint_path)
-        with torch.no_grad():
-            kept.eval()
-            grids = []
-            for pool in pools:
-                sample = pool.val_images[:4]
-                picture = prediction_grid(sample, pool.val_masks[:4], kept.alpha(sample.float() / 255))
-                grids.append(cv2.resize(picture, (480, round(picture.shape[0] * 480 / picture.shape[1]))))
-            cv2.imwrite(str(out / f"grid_{epoch + 1:03d}.png"), np.concatenate(grids, 0))
-        model.train()
+        save_grid(kept, pools, out / f"grid_{epoch + 1:03d}.png")
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "pools": pool_scores,
                   "best": best, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started}
         with open(out / "log.jsonl", "a") as log:
@@ -260,28 +306,35 @@ def train(settings: TrainSettings) -> None:
               f"  {record['seconds']:.0f}s", flush=True)
 
 
-def _size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
+def _folder(text: str) -> tuple[str, float | None]:
+    folder, _, share = text.rpartition(":")
+    try:
+        return (folder, float(share)) if folder else (text, None)
+    except ValueError:
+        return text, None
 
 
-def main(argv: list[str] | None = None) -> None:
-    defaults = TrainSettings(data="")
+def main(argv: list[str] | None = None) -> int:
+    defaults = TrainSettings(data=())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="portrait folder (images/, masks/, train.txt)")
+    parser.add_argument("--data", action="append", required=True, type=_folder, metavar="FOLDER[:SHARE]",
+                        help="a folder of images/, masks/, train.txt (repeatable; the first is the portraits, "
+                             "held to --floor), with its chance per sample (default: by size)")
+    parser.add_argument("--floor", type=float, default=defaults.floor,
+                        help="the first folder's validation IoU that a kept checkpoint must reach")
+    parser.add_argument("--paste-people", type=float, default=defaults.paste_people,
+                        help="chance that a sample gets another sample's person pasted over it (default: off)")
     parser.add_argument("--out", default=defaults.out)
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS))
     parser.add_argument("--recipe", default=defaults.recipe, choices=["ours", "seed"])
-    parser.add_argument("--size", type=_size, default=defaults.size, help="HxW of training crops")
+    parser.add_argument("--size", default="x".join(map(str, reversed(defaults.size))),
+                        help="WIDTHxHEIGHT of portrait training crops (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--extra", action="append", default=[], help="another folder of the same layout (repeatable)")
-    parser.add_argument("--extra-share", type=float, default=defaults.extra_share,
-                        help="share of batches drawn from the --extra folders (default: %(default)s)")
     parser.add_argument("--backgrounds", help="folder of photos with nobody in them, to paste people onto")
     parser.add_argument("--init", help="start from these weights (.safetensors) instead of random ones")
     parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
@@ -289,9 +342,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, default=defaults.ema,
                         help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
     args = parser.parse_args(argv)
-    args.extra = tuple(args.extra)
-    train(TrainSettings(**vars(args)))
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    folders, shares = zip(*args.data)
+    if any(share is None for share in shares) and any(share is not None for share in shares):
+        raise BadArgument("give a share to every --data folder or to none")
+    width, height = parse_size(args.size)
+    settings = TrainSettings(**vars(args) | {"data": folders, "shares": tuple(s for s in shares if s is not None),
+                                            "size": (height, width)})
+    train(settings)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

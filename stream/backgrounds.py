@@ -3,7 +3,8 @@
 
     python -c "from stream.backgrounds import open_background; print(open_background('beach.jpg'))"
 
-Each background renders behind a frame: `render(frame, small_image, small_alpha)` returns
+Each background says whether it `keeps_alpha` (only `none`: the output carries the matte as
+its alpha channel) and renders behind a frame: `render(frame, small_image, small_alpha)` returns
 an H×W×3 tensor (uint8, or float32 in 0–255) on the frame's device, or None for `none`.
 `small_image` and `small_alpha` are the network's input and matte, 1×3×h×w and 1×1×h×w.
 Image names that are not files are looked up among the shipped backgrounds.
@@ -13,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stream.errors import BadArgument, SourceUnavailable
+from engines.errors import BadArgument
+from engines.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, cover
+from stream.errors import SourceUnavailable
 from stream.frames import resize_image
-from stream.sources import ASSETS, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from stream.sources import ASSETS, VideoFileSource
 
 SHIPPED = ASSETS / "backgrounds"
 COLOURS = {
@@ -32,19 +34,11 @@ COLOURS = {
 }
 
 
-def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale an H×W×3 image to cover width×height without distortion, cropping the overflow."""
-    image_h, image_w = image.shape[:2]
-    scale = max(width / image_w, height / image_h)
-    resized = cv2.resize(image, (max(width, round(image_w * scale)), max(height, round(image_h * scale))),
-                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
-    return np.ascontiguousarray(resized[top : top + height, left : left + width])
-
-
 class ImageBackground:
     """A picture, scaled to cover the frame; kept on the frame's device, as float32 ready to
     blend, once per frame size."""
+
+    keeps_alpha = False
 
     def __init__(self, path: Path) -> None:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -64,9 +58,9 @@ class ImageBackground:
 class VideoBackground:
     """A video, looped, one background frame per output frame."""
 
-    def __init__(self, path: Path) -> None:
-        from stream.sources import VideoFileSource
+    keeps_alpha = False
 
+    def __init__(self, path: Path) -> None:
         self.name = path.name
         self.video = VideoFileSource(path, loop=True)
 
@@ -79,6 +73,8 @@ class VideoBackground:
 
 
 class ColourBackground:
+    keeps_alpha = False
+
     def __init__(self, name: str, rgb: tuple[int, int, int]) -> None:
         self.name = name
         self.rgb = rgb
@@ -94,6 +90,8 @@ class BlurBackground:
     weighted by (1 − alpha), blurred, divided by the blurred weight. The person's pixels add
     nothing, so no halo of their colours surrounds them. The result is upsampled to the frame.
     """
+
+    keeps_alpha = False
 
     def __init__(self, sigma: float = 2.0) -> None:
         self.name = "blur"
@@ -123,6 +121,7 @@ class NoBackground:
     """No background: the output keeps the matte as an alpha channel."""
 
     name = "none"
+    keeps_alpha = True
 
     def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> None:
         return None

@@ -11,15 +11,6 @@ import torch
 from torch.nn import functional as F
 
 
-def network_size(height: int, width: int, long_side: int = 256, multiple: int = 16) -> tuple[int, int]:
-    """The network's input (H, W) for a frame: its aspect kept, the long side `long_side`."""
-    scale = long_side / max(height, width)
-    return (
-        max(multiple, round(height * scale / multiple) * multiple),
-        max(multiple, round(width * scale / multiple) * multiple),
-    )
-
-
 def upload(frame: np.ndarray, device: torch.device) -> torch.Tensor:
     """An H×W×3 uint8 numpy frame as a tensor on `device` (no copy on the CPU)."""
     tensor = torch.from_numpy(frame)
@@ -58,7 +49,7 @@ def guided_upsample(
     """Edge-aware upsampling of a low-resolution matte to the frame (fast guided filter).
 
     alpha: 1×1×h×w, small_image: 1×3×h×w in [0, 1] (the network input), frame: H×W×3 in
-    0–255 (uint8, or float32 to share one conversion with `composite`).
+    0–255 (uint8, or float32 to share one conversion with `blend`).
     The filter's linear coefficients are fitted at low resolution against the green channel
     (a cheap stand-in for luminance) and applied to the full-resolution green channel, so
     edges follow the frame's real edges (hair, fingers) instead of the network's coarse grid.
@@ -90,7 +81,7 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(small, size=size, mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
 
 
-def composite(frame: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+def blend(frame: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Blend the person over `background` → H×W×3 uint8.
 
     frame and background: H×W×3 (or broadcastable, for a plain colour) in 0–255, uint8 or

@@ -19,7 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.errors import BadArgument, SinkUnavailable
+from engines.errors import BadArgument
+from stream.errors import SinkUnavailable
 
 log = logging.getLogger("stream")
 
@@ -269,15 +270,22 @@ class WindowSink(SinkBase):
 Sink = NullSink | FileSink | VirtualCameraSink | WindowSink
 
 
+def sink_kind(spec: str) -> str:
+    """`null`, `vcam`, `window` or `file`: what `spec` names, or BadArgument saying what is accepted."""
+    if spec in ("null", "vcam", "window"):
+        return spec
+    if Path(spec).suffix.lower() not in VIDEO_FORMATS:
+        raise BadArgument(f"unknown sink {spec!r}: use vcam, window, null, or a video file ({', '.join(VIDEO_FORMATS)})")
+    return "file"
+
+
 def open_sink(spec: str, width: int, height: int, fps: float, alpha: bool, settings: SinkSettings) -> Sink:
     """The sink named by `spec`, for frames of width×height at `fps`."""
-    if spec == "null":
+    kind = sink_kind(spec)
+    if kind == "null":
         return NullSink()
-    if spec == "vcam":
+    if kind == "vcam":
         return VirtualCameraSink(width, height, fps, settings)
-    if spec == "window":
+    if kind == "window":
         return WindowSink()
-    path = Path(spec)
-    if path.suffix.lower() not in VIDEO_FORMATS:
-        raise BadArgument(f"unknown sink {spec!r}: use vcam, window, null, or a video file ({', '.join(VIDEO_FORMATS)})")
-    return FileSink(path, width, height, Fraction(fps).limit_denominator(1001), settings.quality, alpha=alpha)
+    return FileSink(Path(spec), width, height, Fraction(fps).limit_denominator(1001), settings.quality, alpha=alpha)

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 _LUMA = (0.299, 0.587, 0.114)
+DEFAULT_STRENGTH = 0.7  # the previous matte's weight where nothing moved
 
 
 def luma(image: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: 
     return strength * still * agreement
 
 
-def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = 0.7,
+def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH,
                   motion_threshold: float = 0.06) -> torch.Tensor:
     """Look-ahead smoothing of a run of frames: each matte N×1×h×w is averaged with its
     previous and next neighbours (images N×3×h×w), weighted by `neighbour_weight`. The
@@ -44,7 +45,7 @@ def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = 
 
 
 class TemporalSmoother:
-    def __init__(self, strength: float = 0.7, motion_threshold: float = 0.06) -> None:
+    def __init__(self, strength: float = DEFAULT_STRENGTH, motion_threshold: float = 0.06) -> None:
         """`strength` in [0, 1): the previous matte's weight where nothing moved (0 turns
         smoothing off). `motion_threshold`: the local change of luminance (0–1) counted as
         motion."""

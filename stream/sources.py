@@ -21,11 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream.errors import BadArgument, SourceUnavailable
+from engines.cli import parse_size
+from engines.errors import BadArgument
+from engines.imaging import IMAGE_SUFFIXES
+from stream.errors import SourceUnavailable
 
 ASSETS = Path(__file__).parent / "assets"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
 
 @dataclass
@@ -44,22 +45,11 @@ class SourceSettings:
     loop: bool = False  # repeat a file, image or demo source
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """`1280x720` → (1280, 720)."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise BadArgument(f"bad size {text!r}: use WIDTHxHEIGHT, for example 1280x720") from None
-    if width <= 0 or height <= 0 or width % 2 or height % 2:
-        raise BadArgument(f"bad size {text!r}: width and height must be positive and even")
-    return width, height
-
-
 class DemoSource:
     """The built-in clip: the astronaut portrait (public domain, NASA) filmed by a moving camera."""
 
     frames_per_clip = 300
-    live = False
+    self_paced = False  # frames come as fast as they are read; live mode paces them
 
     def __init__(self, size: tuple[int, int], fps: float, loop: bool) -> None:
         self.width, self.height = size
@@ -92,7 +82,7 @@ class SyntheticSource:
     """`synthetic:WxH@FPS`: a generated scene (a textured wall and a figure swaying across
     it) for benchmarks that need an exact size and rate without a camera or a file."""
 
-    live = False
+    self_paced = False  # frames come as fast as they are read; live mode paces them
 
     def __init__(self, size: tuple[int, int], fps: float, frames: int = 300, loop: bool = True) -> None:
         self.width, self.height = size
@@ -129,7 +119,7 @@ def parse_synthetic(spec: str) -> tuple[tuple[int, int], float]:
 class ImageSource:
     """A still image: one frame, or the same frame at `fps` forever when looping."""
 
-    live = False
+    self_paced = False  # frames come as fast as they are read; live mode paces them
 
     def __init__(self, path: Path, fps: float, loop: bool) -> None:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -152,7 +142,7 @@ class ImageSource:
 class VideoFileSource:
     """A video file decoded with PyAV, at its own size and frame rate."""
 
-    live = False
+    self_paced = False  # frames come as fast as they are read; live mode paces them
 
     def __init__(self, path: Path, loop: bool) -> None:
         import av
@@ -225,7 +215,7 @@ def list_cameras() -> list[str]:
 class CameraSource:
     """A camera opened with OpenCV at the requested size and rate, MJPG where offered."""
 
-    live = True
+    self_paced = True  # the device delivers frames at its own rate
 
     def __init__(self, device: int | str, size: tuple[int, int], fps: float) -> None:
         path = f"/dev/video{device}" if isinstance(device, int) else device
@@ -302,7 +292,7 @@ class LatestFrameReader:
         self._thread.start()
 
     def _run(self) -> None:
-        period = 0.0 if self.source.live else 1.0 / self.fps
+        period = 0.0 if self.source.self_paced else 1.0 / self.fps
         next_time = time.perf_counter()
         try:
             while not self._stop.is_set():

@@ -25,13 +25,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engines.segmenter import BACKENDS, DEFAULT_MODEL, open_segmenter
+from engines.cli import add_model_arguments, run_cli
+from engines.errors import BadArgument
+from engines.models import DEFAULT_MODEL
+from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
-from stream.errors import BadArgument, SourceUnavailable, run_cli
-from stream.frames import download, guided_upsample, network_size, preprocess, upload
-from stream.pipeline import compose, prepare_stages
+from stream.chain import MatteChain, prepare_stages
+from stream.composite import compose, matte_picture
+from stream.errors import SourceUnavailable
+from stream.frames import download
 from stream.sinks import FileSink, PngSequenceSink, check_video_suffix
-from stream.smoothing import smooth_window
+from stream.smoothing import DEFAULT_STRENGTH, smooth_window
 
 log = logging.getLogger("stream")
 
@@ -44,12 +48,11 @@ class VideoSettings:
     matte_only: bool = False
     overwrite: bool = False
     batch: int = 8  # frames per network call
-    smooth: float = 0.7
+    smooth: float = DEFAULT_STRENGTH
     quality: int = 18  # x264 CRF (VP9: +13)
     backend: str = "auto"
     model: str = DEFAULT_MODEL
     threads: int = 2
-    long_side: int = 256
 
 
 @dataclass
@@ -60,7 +63,7 @@ class VideoSummary:
     interrupted: bool
 
 
-def _check_paths(settings: VideoSettings) -> None:
+def _check_paths(settings: VideoSettings, rgba: bool) -> None:
     source, target = settings.input, settings.output
     if not source.is_file():
         raise SourceUnavailable(f"input {source} not found")
@@ -69,7 +72,7 @@ def _check_paths(settings: VideoSettings) -> None:
     if target.exists() and not settings.overwrite:
         raise BadArgument(f"output {target} exists: add --overwrite to replace it")
     if target.suffix:
-        check_video_suffix(target, alpha=settings.bg == "none" and not settings.matte_only, grey=settings.matte_only)
+        check_video_suffix(target, alpha=rgba, grey=settings.matte_only)
 
 
 def _open_input(path: Path):
@@ -87,17 +90,17 @@ def _open_input(path: Path):
 
 class _Batcher:
     """Collects decoded frames, runs the network on each batch, and releases frames once the
-    next frame's matte is known (look-ahead smoothing)."""
+    next frame's matte is known (look-ahead smoothing): the matte chain's steps, with the
+    segmenter called on a batch and `smooth_window` as the smoother."""
 
-    def __init__(self, segmenter, settings: VideoSettings) -> None:
-        self.segmenter, self.settings = segmenter, settings
-        self.waiting: list = []  # (av frame, image tensor) not yet through the network
-        self.frames: list = []  # (av frame, image, small image, small alpha) through the network
+    def __init__(self, chain: MatteChain, settings: VideoSettings) -> None:
+        self.chain, self.settings = chain, settings
+        self.waiting: list = []  # (av frame, NetworkInput) not yet through the network
+        self.frames: list = []  # (av frame, NetworkInput, small alpha) through the network
         self.started = False
 
     def add(self, frame) -> list:
-        image = upload(frame.to_ndarray(format="rgb24"), self.segmenter.device)
-        self.waiting.append((frame, image))
+        self.waiting.append((frame, self.chain.prepare(frame.to_ndarray(format="rgb24"))))
         return self._run() if len(self.waiting) >= self.settings.batch else []
 
     def finish(self) -> list:
@@ -105,11 +108,8 @@ class _Batcher:
 
     def _run(self, last: bool = False) -> list:
         if self.waiting:
-            height, width = self.waiting[0][1].shape[:2]
-            size = network_size(height, width, self.settings.long_side)
-            smalls = torch.cat([preprocess(image, size) for _, image in self.waiting])
-            alphas = self.segmenter(smalls)
-            self.frames += [(f, i, s[None], a[None]) for (f, i), s, a in zip(self.waiting, smalls, alphas)]
+            alphas = self.chain.segmenter(torch.cat([prepared.small for _, prepared in self.waiting]))
+            self.frames += [(frame, prepared, alpha[None]) for (frame, prepared), alpha in zip(self.waiting, alphas)]
             self.waiting = []
         # self.frames holds the last released frame (a left neighbour) and those not yet
         # released. The very first frame and the very last are their own outer neighbours.
@@ -118,13 +118,64 @@ class _Batcher:
         run = head + self.frames + tail
         if len(run) < 3:
             return []
-        smalls = torch.cat([entry[2] for entry in run])
-        alphas = torch.cat([entry[3] for entry in run])
+        smalls = torch.cat([prepared.small for _, prepared, _ in run])
+        alphas = torch.cat([alpha for _, _, alpha in run])
         smoothed = smooth_window(alphas, smalls, self.settings.smooth) if self.settings.smooth else alphas[1:-1]
         released = run[1:-1]
         self.started = True
         self.frames = run[-2:]  # the newest frame waits for its next neighbour
-        return [(frame, image, small, smoothed[i : i + 1]) for i, (frame, image, small, _) in enumerate(released)]
+        return [(frame, self.chain.upsample(prepared, smoothed[i : i + 1]))
+                for i, (frame, prepared, _) in enumerate(released)]
+
+
+class _Output:
+    """The output file, opened at the first decoded frame (its size and rotation), with the
+    copied streams' packets that arrived before it held back until then."""
+
+    def __init__(self, settings: VideoSettings, video, others: list, background, rgba: bool,
+                 on_frame: Callable[[int], None] | None) -> None:
+        self.settings, self.video, self.others = settings, video, others
+        self.background, self.rgba, self.on_frame = background, rgba, on_frame
+        self.writer = None
+        self.early_packets: list = []
+        self.written = 0
+        self.progress = tqdm(total=video.frames or None, unit="frame", desc=settings.output.name)
+
+    def open(self, first_frame) -> None:
+        settings, video = self.settings, self.video
+        if not settings.output.suffix:
+            if self.others:
+                log.warning("a folder of PNGs holds no audio: %d other stream(s) not copied", len(self.others))
+            self.writer = PngSequenceSink(settings.output)
+        else:
+            self.writer = FileSink(settings.output, first_frame.width, first_frame.height,
+                                   video.average_rate or video.guessed_rate or Fraction(30), settings.quality,
+                                   alpha=self.rgba, grey=settings.matte_only, time_base=video.time_base,
+                                   rotation=round(first_frame.rotation or 0), templates=self.others)
+        for packet in self.early_packets:
+            self.mux(packet)
+        self.early_packets = []
+
+    def mux(self, packet) -> None:
+        """Copy a packet of an audio or subtitle stream (held back until the file is open)."""
+        if self.writer is None:
+            self.early_packets.append(packet)
+        elif packet.stream.index in self.writer.copies:
+            self.writer.mux(packet)
+
+    def write(self, entries: list) -> None:
+        for frame, matte in entries:
+            picture = matte_picture(matte) if self.settings.matte_only else compose(matte, self.background, self.rgba)
+            self.writer.write(download(picture), pts=frame.pts)
+            self.written += 1
+            self.progress.update(1)
+            if self.on_frame is not None:
+                self.on_frame(self.written)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | None = None) -> VideoSummary:
@@ -132,9 +183,9 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     called after each frame is written (progress; tests inject interrupts through it)."""
     import av
 
-    _check_paths(settings)
     background = None if settings.matte_only else open_background(settings.bg)
-    rgba = background is not None and background.name == "none"
+    rgba = background is not None and background.keeps_alpha
+    _check_paths(settings, rgba)
     container = _open_input(settings.input)
     segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
     prepare_stages(segmenter.device)
@@ -142,47 +193,14 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     video.thread_type = "AUTO"
     others = [s for s in container.streams if s.type in ("audio", "subtitle")]
     total = video.frames or None
-    writer = None
-    early_packets: list = []  # copied-stream packets that arrive before the first frame
-    bad_packets = written = 0
-    batcher = _Batcher(segmenter, settings)
-    progress = tqdm(total=total, unit="frame", desc=settings.output.name)
-
-    def open_writer(first_frame):
-        if not settings.output.suffix:
-            if others:
-                log.warning("a folder of PNGs holds no audio: %d other stream(s) not copied", len(others))
-            return PngSequenceSink(settings.output)
-        return FileSink(settings.output, first_frame.width, first_frame.height,
-                        video.average_rate or video.guessed_rate or Fraction(30), settings.quality,
-                        alpha=rgba, grey=settings.matte_only, time_base=video.time_base,
-                        rotation=round(first_frame.rotation or 0), templates=others)
-
-    def write(entries) -> None:
-        nonlocal written
-        for frame, image, small, small_alpha in entries:
-            pixels = image.to(torch.float32)
-            alpha = guided_upsample(small_alpha, small, pixels)
-            if settings.matte_only:
-                output = (alpha * 255).round_().to(torch.uint8)
-            else:
-                output = compose(image, pixels, small, small_alpha, alpha, background, rgba)
-            writer.write(download(output), pts=frame.pts)
-            written += 1
-            progress.update(1)
-            if on_frame is not None:
-                on_frame(written)
-
-    interrupted = False
+    output = _Output(settings, video, others, background, rgba, on_frame)
+    batcher = _Batcher(MatteChain(segmenter), settings)
+    bad_packets, interrupted = 0, False
     try:
         for packet in container.demux(video, *others):
             if packet.stream.index != video.index:
-                if packet.dts is None:
-                    continue
-                if writer is None:
-                    early_packets.append(packet)
-                elif packet.stream.index in writer.copies:
-                    writer.mux(packet)
+                if packet.dts is not None:
+                    output.mux(packet)
                 continue
             try:
                 decoded = packet.decode()
@@ -190,22 +208,16 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
                 bad_packets += 1
                 continue
             for frame in decoded:
-                if writer is None:
-                    writer = open_writer(frame)
-                    for early in early_packets:
-                        if early.stream.index in writer.copies:
-                            writer.mux(early)
-                    early_packets = []
-                write(batcher.add(frame))
-        write(batcher.finish())
+                if output.writer is None:
+                    output.open(frame)
+                output.write(batcher.add(frame))
+        output.write(batcher.finish())
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        progress.close()
-        if writer is not None:
-            writer.close()
+        output.close()
         container.close()
-    return VideoSummary(written, total, bad_packets, interrupted)
+    return VideoSummary(output.written, total, bad_packets, interrupted)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,9 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=defaults.batch, help="frames per network call (default: %(default)s)")
     parser.add_argument("--smooth", type=float, default=defaults.smooth, help="temporal smoothing in [0, 1) (default: %(default)s)")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="CRF, lower is better (default: %(default)s)")
-    parser.add_argument("--backend", default=defaults.backend, choices=("auto", *BACKENDS))
-    parser.add_argument("--model", default=defaults.model)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+    add_model_arguments(parser)
     return parser
 
 

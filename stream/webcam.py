@@ -13,12 +13,15 @@ import logging
 import sys
 from contextlib import ExitStack
 
-from engines.segmenter import BACKENDS, DEFAULT_MODEL, open_segmenter
+from engines.cli import add_model_arguments, parse_size, run_cli
+from engines.errors import BadArgument
+from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
-from stream.errors import BadArgument, run_cli
+from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
-from stream.sinks import SinkSettings, open_sink
-from stream.sources import SourceSettings, open_source, parse_size
+from stream.sinks import SinkSettings, open_sink, sink_kind
+from stream.smoothing import DEFAULT_STRENGTH, TemporalSmoother
+from stream.sources import SourceSettings, open_source
 from stream.timing import StatsPrinter
 
 # Pressing b in the preview window cycles from the chosen background through these.
@@ -41,13 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("effect")
     group.add_argument("--bg", default="blur",
                        help="image or video file, blur, a colour (green, #00b140) or none (default: %(default)s)")
-    group.add_argument("--smooth", type=float, default=loop_defaults.smooth,
+    group.add_argument("--smooth", type=float, default=DEFAULT_STRENGTH,
                        help="temporal smoothing strength in [0, 1), 0 turns it off (default: %(default)s)")
 
-    group = parser.add_argument_group("model")
-    group.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
-    group.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or a .safetensors/.onnx file")
-    group.add_argument("--threads", type=int, default=2, help="CPU threads for the network (default: %(default)s)")
+    add_model_arguments(parser)
+    group = parser.add_argument_group("per-pixel stages")
     group.add_argument("--stage-threads", type=int, default=loop_defaults.stage_threads,
                        help="CPU threads for the per-pixel stages; one leaves a core to capture and the "
                             "network's other thread, which beats two busy-waiting pools (default: %(default)s)")
@@ -62,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("run")
     group.add_argument("--frames", type=int, default=None, help="stop after N output frames")
-    group.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
-                       help="newest frame only, dropping stale ones (default: on for cameras, vcam and window)")
+    group.add_argument("--drop-stale", action=argparse.BooleanOptionalAction, default=None,
+                       help="process the newest frame only, dropping those that waited "
+                            "(default: on for cameras, vcam and window; off processes every frame)")
     group.add_argument("--stats", action="store_true", help="print fps and per-stage ms every few seconds")
     return parser
 
@@ -77,28 +79,30 @@ def run(args: argparse.Namespace) -> int:
         raise BadArgument(f"bad --frames {args.frames}: use a positive count")
     backgrounds = [open_background(args.bg)]
     sink_settings = SinkSettings(args.vcam_backend, args.vcam_device, args.quality)
+    for name in sinks_named:
+        sink_kind(name)
 
     with ExitStack() as stack:
         source = open_source(source_settings)
         stack.callback(source.close)
-        live = args.live if args.live is not None else (source.live or bool({"vcam", "window"} & set(sinks_named)))
+        # The segmenter before any sink: a missing backend (or a first TensorRT build) comes before any output exists.
+        segmenter = open_segmenter(args.backend, args.model, args.threads)
+        drop_stale = (args.drop_stale if args.drop_stale is not None
+                      else source.self_paced or bool({"vcam", "window"} & set(sinks_named)))
         if "window" in sinks_named:
             backgrounds += [open_background(spec) for spec in EXTRA_BACKGROUNDS if spec != args.bg]
-        alpha_output = any(background.name == "none" for background in backgrounds)
+        processor = FrameProcessor(MatteChain(segmenter, TemporalSmoother(args.smooth)), backgrounds)
         sinks = [
-            stack.enter_context(open_sink(name, source.width, source.height, source.fps, alpha_output, sink_settings))
+            stack.enter_context(open_sink(name, source.width, source.height, source.fps, processor.rgba, sink_settings))
             for name in sinks_named
         ]
-        segmenter = open_segmenter(args.backend, args.model, args.threads)
-        processor = FrameProcessor(segmenter, backgrounds, args.smooth, LoopSettings.long_side)
         observers = [StatsPrinter()] if args.stats else []
-        log.info("%s %dx%d at %.3g fps → %s (%s mode)", args.source, source.width, source.height, source.fps,
-                 ", ".join(sinks_named), "live" if live else "every-frame")
-        loop_settings = LoopSettings(args.frames, args.smooth, live, stage_threads=args.stage_threads)
-        summary = run_loop(source, processor, sinks, loop_settings, observers)
+        log.info("%s %dx%d at %.3g fps → %s (%s)", args.source, source.width, source.height, source.fps,
+                 ", ".join(sinks_named), "newest frame only" if drop_stale else "every frame")
+        summary = run_loop(source, processor, sinks, LoopSettings(args.frames, drop_stale, args.stage_threads), observers)
         for observer in observers:
             observer.flush()
-    dropped = f", {summary.dropped} dropped" if live else ""
+    dropped = f", {summary.dropped} dropped" if drop_stale else ""
     if summary.interrupted:
         log.warning("interrupted after %d frames%s; outputs closed", summary.frames, dropped)
         return 130

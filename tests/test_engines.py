@@ -12,7 +12,9 @@ import torch
 from engines.coco_pool import CocoPersonFilter, coco_people
 from engines.coco_pool import main as coco_main
 from engines.data import augment, load_portraits, read_split
-from engines.segmenter import BackendMissing, open_segmenter, resolve_model
+from engines.errors import BackendMissing
+from engines.models import resolve_model
+from engines.segmenter import open_segmenter
 from engines.tiramisu import Tiramisu, load_weights, save_weights
 
 
@@ -136,20 +138,16 @@ def test_coco_pool_shrinks_large_images_and_keeps_masks_binary(tmp_path):
                                    ["--long-side", "0"]])
 def test_coco_pool_refuses_bad_settings(tmp_path, capsys, flags):
     annotations = make_coco(tmp_path / "coco")
-    with pytest.raises(SystemExit) as exit_info:
-        coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
-                   "--out", str(tmp_path / "pool"), *flags])
-    assert exit_info.value.code == 2
+    assert coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
+                      "--out", str(tmp_path / "pool"), *flags]) == 2
     assert "must be" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_coco_pool_stops_at_a_missing_image_with_what_it_wrote_listed(tmp_path, capsys):
     annotations = make_coco(tmp_path / "coco")
     (tmp_path / "coco" / "images" / "4.jpg").unlink()
-    with pytest.raises(SystemExit) as exit_info:
-        coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
-                   "--out", str(tmp_path / "pool"), "--min-coverage", "0.005"])
-    assert exit_info.value.code == 2
+    assert coco_main(["--annotations", str(annotations), "--images", str(tmp_path / "coco" / "images"),
+                      "--out", str(tmp_path / "pool"), "--min-coverage", "0.005"]) == 1
     assert "no image" in capsys.readouterr().err.splitlines()[-1]
     assert read_split(tmp_path / "pool", "train") == ["coco-000000000001", "coco-000000000002"]
 
@@ -165,9 +163,7 @@ def test_coco_pool_refuses_bad_annotations_in_one_line(tmp_path, capsys, content
     path = tmp_path / "instances.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(SystemExit) as exit_info:
-        coco_main(["--annotations", str(path), "--images", str(tmp_path), "--out", str(tmp_path / "pool")])
-    assert exit_info.value.code == 2
+    assert coco_main(["--annotations", str(path), "--images", str(tmp_path), "--out", str(tmp_path / "pool")]) == 1
     assert message in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "pool").exists()
 

@@ -18,7 +18,9 @@ import torch
 from engines.engine_cache import CACHE_ENV, EngineCache, EngineKey, atomic_write, cache_directory, entry_problem
 from engines.export import export_onnx, onnx_difference
 from engines.metrics import batch_iou
-from engines.segmenter import WEIGHTS_DIR, BackendMissing, EngineError, ModelFiles, open_segmenter, resolve_model
+from engines.errors import BackendMissing, EngineError
+from engines.models import WEIGHTS_DIR, ModelFiles, resolve_model
+from engines.segmenter import open_segmenter
 from engines.tensorrt_backend import onnx_for_engine
 from engines.tiramisu import load_weights
 from stream.frames import preprocess
@@ -319,13 +321,15 @@ def test_tensorrt_pads_a_short_batch_instead_of_building_another_engine(person, 
 @needs_gpu
 def test_gpu_loop_keeps_frames_on_the_gpu_and_returns_the_frame_size(tmp_path, monkeypatch):
     from stream.backgrounds import open_background
+    from stream.chain import MatteChain
     from stream.pipeline import FrameProcessor
+    from stream.smoothing import TemporalSmoother
     from stream.timing import StageClock
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # TensorRT, where installed, builds into tmp_path
     segmenter = open_segmenter("auto")
     assert segmenter.device.type == "cuda"
-    processor = FrameProcessor(segmenter, [open_background("green")], smooth=0.7, long_side=256)
+    processor = FrameProcessor(MatteChain(segmenter, TemporalSmoother()), [open_background("green")])
     source = DemoSource((1280, 720), 30.0, loop=False)
     for _ in range(3):
         output = processor(source.read(), StageClock(segmenter.device))

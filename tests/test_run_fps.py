@@ -29,7 +29,6 @@ def test_json_has_the_keys_other_tools_rely_on(run_fps, tmp_path):
     assert code == 0
     report = json.loads(out.read_text())
     assert report["frames"] == 12 and report["fps"] > 0 and report["source_fps"] == 30
-    assert report["dropped"] == 0  # not paced: every frame is processed
     assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
     for stage in ("capture", "preprocess", "infer", "smooth", "composite", "sink"):
         assert set(report["stages"][stage]) == {"p50", "p95", "p99"}
@@ -38,6 +37,15 @@ def test_json_has_the_keys_other_tools_rely_on(run_fps, tmp_path):
     assert report["machine"]["cores"] >= 1 and "torch" in report["machine"]["versions"]
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert set(report["stage_samples"]) == set(STAGES) | {"end_to_end"}
+
+
+def test_a_paced_source_faster_than_the_loop_drops_frames_and_a_slow_one_none(run_fps, tmp_path):
+    fast, slow = tmp_path / "fast.json", tmp_path / "slow.json"
+    assert run_fps.main(["--source", "synthetic:320x240@2000", "--frames", "10", "--warmup", "2", "--json", str(fast)]) == 0
+    assert json.loads(fast.read_text())["dropped"] > 0
+    assert run_fps.main(["--source", "synthetic:320x240@10", "--frames", "6", "--warmup", "2", "--json", str(slow)]) == 0
+    report = json.loads(slow.read_text())
+    assert report["dropped"] == 0 and report["frames"] == 6 and report["fps"] < 11
 
 
 def test_thresholds_fail_the_exit_code(run_fps, capsys):

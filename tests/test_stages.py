@@ -7,15 +7,16 @@ import torch
 from torch.nn import functional as F
 
 from engines.metrics import iou
-from stream.backgrounds import BlurBackground, cover
-from stream.frames import composite, guided_upsample, network_size, preprocess
+from engines.imaging import cover, network_size
+from stream.backgrounds import BlurBackground
+from stream.frames import blend, guided_upsample, preprocess
 from stream.smoothing import TemporalSmoother, smooth_window
 
 
 def test_network_size_keeps_orientation_and_aspect():
-    assert network_size(720, 1280) == (144, 256)
-    assert network_size(480, 640) == (192, 256)
-    assert network_size(800, 600) == (256, 192)
+    assert network_size(720, 1280, 256) == (144, 256)
+    assert network_size(480, 640, 256) == (192, 256)
+    assert network_size(800, 600, 256) == (256, 192)
 
 
 def test_preprocess_gives_unit_range_rgb_at_network_size():
@@ -42,13 +43,13 @@ def test_guided_upsampling_follows_the_frames_edges():
     assert iou(guided, truth) > iou(bilinear, truth) + 1
 
 
-def test_composite_takes_person_where_alpha_is_one_and_background_elsewhere():
+def test_blend_takes_person_where_alpha_is_one_and_background_elsewhere():
     frame = torch.full((4, 4, 3), 200, dtype=torch.uint8)
     background = torch.full((4, 4, 3), 10, dtype=torch.uint8)
     alpha = torch.zeros(4, 4, 1)
     alpha[:2] = 1
     alpha[2, 0] = 0.5
-    out = composite(frame, alpha, background)
+    out = blend(frame, alpha, background)
     assert out.dtype == torch.uint8
     assert (out[:2] == 200).all() and (out[3] == 10).all() and (out[2, 0] == 105).all()
 

@@ -33,7 +33,7 @@ def paint_portraits(root, count: int = 20) -> None:
 def test_train_writes_checkpoints_and_resumes(tmp_path):
     data, out = tmp_path / "portraits", tmp_path / "run"
     paint_portraits(data)
-    common = ["--data", str(data), "--out", str(out), "--size", "64x48", "--batch", "6", "--threads", "1"]
+    common = ["--data", str(data), "--out", str(out), "--size", "48x64", "--batch", "6", "--threads", "1"]
     main([*common, "--epochs", "2"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import stream.video
+from engines.tiramisu import InferenceSpec
 from stream.video import VideoSettings, process_video
 from tests.conftest import make_clip
 
@@ -43,7 +44,7 @@ def talk(tmp_path_factory) -> Path:
 class LeftHalfPerson:
     """A stand-in network: the left half of every frame is the person."""
 
-    name, device = "left-half", torch.device("cpu")
+    name, device, spec = "left-half", torch.device("cpu"), InferenceSpec()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         alpha = torch.zeros(images.shape[0], 1, *images.shape[2:])

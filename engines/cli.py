@@ -1,0 +1,57 @@
+"""What every command shares: one error path, the model flags, and sizes written WIDTHxHEIGHT.
+
+    def main(argv=None) -> int:
+        args = parser.parse_args(argv)
+        return run_cli(lambda: run(args))
+
+Exit codes, the same in every command: 0 done, 2 a bad argument (argparse's own errors
+included), 1 something that could not be opened or run (a missing file, camera, backend or
+model), 130 Ctrl-C. The cause is printed as one line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from engines.errors import BackendMissing, BadArgument, EngineError
+from engines.models import DEFAULT_MODEL
+from engines.segmenter import BACKENDS
+
+
+def run_cli(run: Callable[[], int | None]) -> int:
+    """Run a command's body; typed errors become one line on stderr and the exit code above."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return run() or 0
+    except BadArgument as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, BackendMissing, EngineError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model`, `--backend` and `--threads`, as every command that runs the network takes them."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help="a shipped model's name or a .safetensors/.onnx file (default: %(default)s)")
+    group.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                       help="auto takes the best that opens and logs why the others did not (default: %(default)s)")
+    group.add_argument("--threads", type=int, default=2, help="CPU threads for the network (default: %(default)s)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`1280x720` → (1280, 720): width, then height, positive and even."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise BadArgument(f"bad size {text!r}: use WIDTHxHEIGHT, for example 1280x720") from None
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise BadArgument(f"bad size {text!r}: width and height must be positive and even")
+    return width, height

@@ -1,0 +1,51 @@
+"""Where a model's files are: a shipped model's name or a weights path, resolved to its
+safetensors and ONNX files, and the inference spec they carry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.errors import EngineError
+from engines.tiramisu import InferenceSpec, weights_header
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "compact"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model's weights: safetensors for PyTorch, and the ONNX export where one exists."""
+
+    name: str
+    safetensors: Path | None
+    onnx: Path | None
+
+    @property
+    def spec(self) -> InferenceSpec:
+        """How the model must be run, from the header of its weights or its ONNX metadata."""
+        if self.safetensors is not None:
+            return InferenceSpec.from_json(weights_header(self.safetensors).get("inference"))
+        import onnxruntime
+
+        try:
+            session = onnxruntime.InferenceSession(str(self.onnx), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own unrelated exception types
+            raise EngineError(f"onnxruntime cannot load {self.onnx}: {error}") from error
+        return InferenceSpec.from_json(session.get_modelmeta().custom_metadata_map.get("inference"))
+
+
+def resolve_model(model: str | Path | None) -> ModelFiles:
+    """A shipped model's name (`compact`) or a path to a `.safetensors` or `.onnx` file."""
+    text = str(model or DEFAULT_MODEL)
+    path = Path(text)
+    if path.suffix in (".safetensors", ".onnx"):
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found")
+        sibling = path.with_suffix(".onnx" if path.suffix == ".safetensors" else ".safetensors")
+        files = {path.suffix: path, sibling.suffix: sibling if sibling.is_file() else None}
+        return ModelFiles(path.stem, files[".safetensors"], files[".onnx"])
+    safetensors, onnx = WEIGHTS_DIR / f"{text}.safetensors", WEIGHTS_DIR / f"{text}.onnx"
+    if not safetensors.is_file() and not onnx.is_file():
+        shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+        raise FileNotFoundError(f"no model {text!r}: give a .safetensors or .onnx path, or one of {', '.join(shipped)}")
+    return ModelFiles(text, safetensors if safetensors.is_file() else None, onnx if onnx.is_file() else None)
