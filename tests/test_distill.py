@@ -1,4 +1,5 @@
-"""Teacher labels for full-body footage, and training that mixes them with the portraits.
+"""Teacher labels for full-body footage, bystanders left out of the loss, and training that
+mixes folders.
 The teachers here are stand-ins: one finds the clip's skin-toned figure by its colour, and a
 tiny ONNX graph with Robust Video Matting's inputs and outputs counts the frames it has seen."""
 from __future__ import annotations
@@ -9,7 +10,9 @@ import cv2
 import numpy as np
 import torch
 
-from engines.data import background_crops, load_backgrounds
+from engines.bystanders import main as bystanders_main
+from engines.bystanders import write_folder as bystanders_folder
+from engines.data import background_crops, load_backgrounds, load_portraits
 from engines.pseudo_label import MattingTeacher, confident, label, open_teacher
 from engines.pseudo_label import main as label_main
 from engines.train import main as train_main
@@ -156,3 +159,31 @@ def test_a_missing_teacher_or_input_is_one_line_and_exit_1(tmp_path, capsys):
         assert label_main([*argv, "--out", str(tmp_path / "out")]) == 1
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error
+
+
+def test_bystanders_that_the_teacher_sees_are_left_out_of_training_images_only(tmp_path):
+    """Two skin-toned people per image, only the left one masked: the right one becomes ignore/
+    in the training images; validation images keep their own (empty) ignore maps."""
+    data = tmp_path / "street"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        image = np.full((80, 120, 3), 40, np.uint8)
+        mask = np.zeros((80, 120), np.uint8)
+        cv2.rectangle(image, (10, 10), (30, 79), (200, 150, 120), -1)  # the main person, masked
+        cv2.rectangle(mask, (10, 10), (30, 79), 255, -1)
+        cv2.rectangle(image, (80, 30), (95, 79), (200, 150, 120), -1)  # a bystander, unmasked
+        cv2.imwrite(str(data / "images" / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(data / "masks" / f"{name}.png"), mask)
+    (data / "train.txt").write_text("a\nb\n")
+    (data / "val.txt").write_text("c\n")
+    out = tmp_path / "street-clean"
+    left_out = bystanders_folder(data, out, SkinTeacher(), margin=4)
+    assert set(left_out) == {"a", "b"}
+    images, masks = load_portraits(out, "train", (80, 120))
+    ignore = masks[:, 1] > 127
+    assert ignore[:, 40:75, 83:92].all() and not ignore[:, :, :40].any()  # the bystander, not the main person
+    assert (masks[:, 0] > 127)[:, 40:75, 15:25].all()  # the main person stays a person
+    _, val_masks = load_portraits(out, "val", (80, 120))
+    assert not val_masks[:, 1].any()
+    assert bystanders_main(["--teacher", str(tmp_path / "none.whl"), "--data", str(data), "--out", str(out)]) == 1

@@ -1,15 +1,17 @@
 """Training end to end on a tiny portrait folder the test paints: checkpoints, the
-prediction grid, the best-validation weights, and resuming."""
+prediction grid, the best-validation weights, and resuming; the loss's unknown pixels and
+copy-paste of people."""
 from __future__ import annotations
 
 import json
 
 import cv2
 import numpy as np
+import torch
 
-from engines.data import load_portraits
+from engines.data import load_portraits, paste_people
 from engines.tiramisu import load_weights
-from engines.train import main
+from engines.train import main, segmentation_loss
 
 
 def paint_portraits(root, count: int = 20) -> None:
@@ -58,3 +60,25 @@ def test_images_of_another_shape_are_cropped_not_squashed(tmp_path):
     for mask in masks[:, 0] > 127:
         rows, columns = mask.any(1).sum().item(), mask.any(0).sum().item()
         assert rows == columns and 28 <= rows <= 32  # still a circle, at the scale of the short side
+
+
+def test_unknown_pixels_are_left_out_of_the_loss():
+    target = torch.zeros(1, 2, 8, 8)
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[:, 0] = 10.0  # sure of background everywhere...
+    logits[:, :, :, 4:] = torch.tensor([-10.0, 10.0]).view(1, 2, 1, 1)  # ...but for person on the right half
+    wrong = segmentation_loss(logits, target, dice_weight=0.5)
+    target[:, 1, :, 4:] = 1  # the right half is unknown
+    assert segmentation_loss(logits, target, dice_weight=0.5) < 0.05 < wrong
+
+
+def test_paste_people_adds_the_other_samples_person_and_keeps_both_labelled():
+    images = torch.zeros(2, 3, 10, 10)
+    masks = torch.zeros(2, 2, 10, 10)
+    images[0, :, :, :3], masks[0, 0, :, :3] = 1.0, 1  # person 0 on the left
+    images[1, :, :, 7:], masks[1, 0, :, 7:] = 0.5, 1  # person 1 on the right
+    masks[0, 1, :, 7:] = 1  # sample 0 did not know its right edge: now the pasted person covers it
+    pasted, labels = paste_people(images, masks, 1.0, torch.Generator().manual_seed(0))
+    assert (labels[:, 0, :, :3] == 1).all() and (labels[:, 0, :, 7:] == 1).all() and (labels[:, 0, :, 3:7] == 0).all()
+    assert (pasted[0, :, :, 7:] == 0.5).all() and (pasted[1, :, :, :3] == 1.0).all()
+    assert not labels[:, 1].any()
