@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from engines.errors import BackendMissing, BadArgument, EngineError
@@ -36,6 +38,33 @@ def run_cli(run: Callable[[], int | None]) -> int:
         return 130
 
 
+class StopRequest:
+    """Ctrl-C as a request to stop between two frames, so that no frame is cut in half.
+
+    While the block runs (in the main thread), the first SIGINT only sets `requested`: the
+    loop finishes the frame in hand, writes it, and stops. A second SIGINT raises
+    KeyboardInterrupt at once, for a loop stuck waiting. Elsewhere it changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """`--model`, `--backend` and `--threads`, as every command that runs the network takes them."""
     group = parser.add_argument_group("model")
@@ -46,12 +75,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=2, help="CPU threads for the network (default: %(default)s)")
 
 
+LARGEST_SIZE = (7680, 4320)  # 8K UHD: beyond what cameras deliver and codecs take
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """`1280x720` → (1280, 720): width, then height, positive and even."""
+    """`1280x720` → (1280, 720): width, then height, positive, even and at most 8K."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise BadArgument(f"bad size {text!r}: use WIDTHxHEIGHT, for example 1280x720") from None
     if width <= 0 or height <= 0 or width % 2 or height % 2:
         raise BadArgument(f"bad size {text!r}: width and height must be positive and even")
+    if width > LARGEST_SIZE[0] or height > LARGEST_SIZE[1]:
+        raise BadArgument(f"bad size {text!r}: at most {LARGEST_SIZE[0]}x{LARGEST_SIZE[1]} (8K)")
     return width, height

@@ -1,7 +1,9 @@
 """Export a Tiramisu to ONNX (input `image` N×3×H×W RGB in [0, 1], output `alpha` N×1×H×W).
 
-    python -m engines.export engines/weights/compact.safetensors            # dynamic shape
-    python -m engines.export engines/weights/compact.safetensors --shape 1x144x256 --half -o m.onnx
+    python -m engines.export runs/compact/best.safetensors                  # → runs/compact/best.onnx, dynamic shape
+    python -m engines.export runs/compact/best.safetensors --shape 1x144x256 --half -o m.onnx
+
+An existing output is replaced only with `--overwrite`.
 
 The file is checked with `onnx.checker`, and ONNX Runtime's output is compared with
 PyTorch's on a random input before the export is accepted.
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="default: beside the weights, .onnx")
     parser.add_argument("--shape", help="fixed NxHxW input shape; dynamic if omitted")
     parser.add_argument("--half", action="store_true", help="float16 weights and arithmetic inside")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     return run_cli(lambda: run(args))
 
@@ -117,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as error:  # not safetensors, or not a Tiramisu's
         raise UnusableInput(f"cannot load {args.weights}: {error}") from None
     output = args.output or args.weights.with_suffix(".onnx")
+    if output.exists() and not args.overwrite:
+        raise BadArgument(f"{output} exists: add --overwrite to replace it (a shipped model's .onnx must stay the "
+                          "export of the .safetensors beside it)")
     export_onnx(model, output, shape, args.half, InferenceSpec.from_json(weights_header(args.weights).get("inference")))
     difference = onnx_difference(model, output, shape or (1, 144, 256))
     tolerance = 1e-2 if args.half else 1e-4

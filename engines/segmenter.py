@@ -63,14 +63,18 @@ def open_segmenter(backend: str = "auto", model: str | Path | None = None, threa
         segmenter = _open(backend, files, threads)
         log.info("backend %s runs model %s", segmenter.name, files.name)
         return segmenter
-    skipped = []
+    skipped: list[tuple[str, Exception]] = []
     for candidate in BACKENDS:
         try:
             segmenter = _open(candidate, files, threads)
         except (BackendMissing, EngineError) as error:
-            skipped.append(f"{candidate}: {error}")
+            skipped.append((candidate, error))
             continue
-        reasons = f" (skipped {'; '.join(skipped)})" if skipped else ""
-        log.info("backend %s runs model %s%s", segmenter.name, files.name, reasons)
+        reasons = "; ".join(f"{name}: {error}" for name, error in skipped)
+        log.info("backend %s runs model %s%s", segmenter.name, files.name, f" (skipped {reasons})" if reasons else "")
         return segmenter
-    raise BackendMissing("no backend could open the model: " + "; ".join(skipped))
+    # The cause first: what the model did wrong (EngineError) before what this machine lacks.
+    skipped.sort(key=lambda entry: not isinstance(entry[1], EngineError))
+    (first, cause), others = skipped[0], skipped[1:]
+    also = "; ".join(f"{name}: {error}" for name, error in others)
+    raise type(cause)(f"{cause} (the other backends: {also})")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engines.cli import StopRequest
 from stream.backgrounds import Background
 from stream.chain import MatteChain, prepare_stages
 from stream.composite import compose
@@ -80,33 +81,35 @@ def run_loop(
 ) -> RunSummary:
     """Run until the source ends, `settings.frames` frames are out, or a sink asks to quit.
 
-    Ctrl-C ends the loop with `interrupted` set; the caller closes the sinks.
+    Ctrl-C ends the loop between two frames, with `interrupted` set: every frame counted is
+    in every sink. The caller closes the sinks.
     """
     prepare_stages(processor.device, settings.stage_threads)
     reader = LatestFrameReader(source) if settings.drop_stale else source
     clock = StageClock(processor.device)
-    count = 0
+    count, interrupted = 0, False
     try:
-        while settings.frames is None or count < settings.frames:
-            clock.start()
-            frame = reader.read()
-            if frame is None:
-                break
-            clock.mark("capture")
-            output = processor(frame, clock)
-            commands = [sink.write(output) for sink in sinks]
-            done_at = clock.mark("sink")
-            record = FrameRecord(count, frame.captured_at, done_at, dict(clock.stages))
-            for observer in observers:
-                observer(record)
-            count += 1
-            if Command.QUIT in commands:
-                break
-            for command in commands:
-                if command is not None:
-                    processor.handle(command)
-        interrupted = False
-    except KeyboardInterrupt:
+        with StopRequest() as stop:
+            while (settings.frames is None or count < settings.frames) and not stop.requested:
+                clock.start()
+                frame = reader.read()
+                if frame is None:
+                    break
+                clock.mark("capture")
+                output = processor(frame, clock)
+                commands = [sink.write(output) for sink in sinks]
+                done_at = clock.mark("sink")
+                record = FrameRecord(count, frame.captured_at, done_at, dict(clock.stages))
+                for observer in observers:
+                    observer(record)
+                count += 1
+                if Command.QUIT in commands:
+                    break
+                for command in commands:
+                    if command is not None:
+                        processor.handle(command)
+            interrupted = stop.requested
+    except KeyboardInterrupt:  # a second Ctrl-C, while a frame was in hand
         interrupted = True
     finally:
         if settings.drop_stale:

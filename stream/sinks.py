@@ -1,9 +1,16 @@
 """Outputs, named by one string: `vcam` (virtual camera), `window` (preview), `null`, or a video
 file path. Each has `write(frame)` and `close()` and works in a `with` block.
 
-Frames are H×W×3 uint8 RGB, or H×W×4 RGBA when the background is `none`. Sinks that cannot
-carry alpha show such frames over black. `write` returns a `Command` when the user asked
-for something (the preview window's keys), else None.
+Frames are H×W×3 uint8 RGB, or H×W×4 RGBA when the background keeps alpha. The virtual
+camera and the window show such frames over black; a file format that cannot carry alpha is
+refused. `write` returns a `Command` when the user asked for something (the preview window's
+keys), else None. `close(complete=False)` ends an interrupted run.
+
+Files are written so that nothing is lost: into a hidden partial file, flushed as they go
+(fragmented MP4/MOV, Matroska clusters of a second) so that a killed run leaves a file that
+plays up to its last second or so; renamed into place by `close`. An interrupted run never
+replaces an existing file: its frames are kept beside it as `NAME.interrupted.EXT`. A partial
+file left by a killed run is found by the next run, kept as `NAME.recovered.EXT`, and reported.
 """
 from __future__ import annotations
 
@@ -62,7 +69,7 @@ class NullSink(SinkBase):
     def write(self, frame: np.ndarray) -> None:
         return None
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         pass
 
 
@@ -76,6 +83,12 @@ VIDEO_FORMATS = {
 }
 # One-channel mattes: lossless FFV1 in .mkv; H.264 4:0:0 in .mp4 (FFmpeg decodes it as yuv420p).
 GREY_CODECS = {".mkv": "ffv1", ".mp4": "libx264", ".m4v": "libx264"}
+# Written as they go: fragments of a second (MP4/MOV), clusters of a second (Matroska), and
+# every packet flushed to the file.
+# (delay_moov lets the header hold the edit list that starts the first frame at time 0.)
+FRAGMENTED_MP4 = {"movflags": "+frag_keyframe+empty_moov+delay_moov+default_base_moof", "frag_duration": "1000000"}
+MUXER_OPTIONS = {".mp4": FRAGMENTED_MP4, ".m4v": FRAGMENTED_MP4, ".mov": FRAGMENTED_MP4,
+                 ".mkv": {"cluster_time_limit": "1000"}, ".webm": {"cluster_time_limit": "1000"}}
 ENCODER_OPTIONS = {
     "libx264": lambda quality: {"crf": str(quality), "preset": "veryfast"},
     "libvpx-vp9": lambda quality: {"crf": str(quality + 13), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"},
@@ -101,6 +114,51 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
+def beside(path: Path, word: str) -> Path:
+    """`NAME.WORD.EXT` beside `path`, numbered where that exists (`NAME.WORD-2.EXT`)."""
+    candidate, number = path.with_name(f"{path.stem}.{word}{path.suffix}"), 2
+    while candidate.exists():
+        candidate, number = path.with_name(f"{path.stem}.{word}-{number}{path.suffix}"), number + 1
+    return candidate
+
+
+def video_frames(path: Path) -> int | None:
+    """How many video frames a file holds (its packets, read to the end), or None if unreadable."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for packet in container.demux(video=0) if packet.size)
+    except (av.error.FFmpegError, OSError, IndexError):
+        return None
+
+
+def recover_partial(path: Path) -> None:
+    """Keep what a killed run left at `path`'s partial file as `NAME.recovered.EXT`, and say so."""
+    partial = partial_path(path)
+    if not partial.exists():
+        return
+    frames = video_frames(partial) if partial.is_file() else len(list(partial.glob("*.png")))
+    kept = beside(path, "recovered")
+    os.replace(partial, kept)
+    held = f"it holds {frames} frames" if frames else "nothing in it could be read"
+    log.warning("found %s, left by a run that did not finish: %s; kept as %s", partial.name, held, kept)
+
+
+def finish(partial: Path, target: Path, frames: int, complete: bool) -> Path:
+    """Rename a finished partial output into place. An interrupted one takes the target's
+    place only where there is nothing to replace; else it is kept beside it. Returns where it went."""
+    if complete or not target.exists():
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+        return target
+    kept = beside(target, "interrupted")
+    os.replace(partial, kept)
+    log.warning("interrupted: %s is left as it was; the %d frames written are in %s", target, frames, kept)
+    return kept
+
+
 class FileSink(SinkBase):
     """A video file written with PyAV, into a partial file renamed into place on close, so
     that the target is never half-written.
@@ -119,10 +177,11 @@ class FileSink(SinkBase):
         self.path, self.partial = path, partial_path(path)
         if not path.parent.is_dir():
             raise SinkUnavailable(f"cannot write {path}: folder {path.parent} does not exist")
+        recover_partial(path)
         self.alpha = alpha and VIDEO_FORMATS[suffix][2] is not None
         self.grey = grey
         try:
-            self.container = av.open(str(self.partial), "w")
+            self.container = av.open(str(self.partial), "w", options=MUXER_OPTIONS[suffix] | {"flush_packets": "1"})
         except (av.error.FFmpegError, OSError) as error:
             raise SinkUnavailable(f"cannot write {path}: {error}") from None
         codec, pixel_format, alpha_format = VIDEO_FORMATS[suffix]
@@ -166,25 +225,26 @@ class FileSink(SinkBase):
         packet.stream = self.copies[packet.stream.index]
         self.container.mux(packet)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         if self.container is None:
             return
         for packet in self.stream.encode():
             self.container.mux(packet)
         self.container.close()
         self.container = None
-        os.replace(self.partial, self.path)
+        self.path = finish(self.partial, self.path, self.frames, complete)
 
 
 class PngSequenceSink(SinkBase):
     """Numbered PNGs (RGB, RGBA or grey) in a folder, written into a partial folder that is
     renamed into place on close."""
 
-    def __init__(self, folder: Path) -> None:
-        if not folder.parent.is_dir():
-            raise SinkUnavailable(f"cannot write {folder}: folder {folder.parent} does not exist")
-        self.folder, self.partial = folder, partial_path(folder)
-        self.partial.mkdir(exist_ok=True)
+    def __init__(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise SinkUnavailable(f"cannot write {path}: folder {path.parent} does not exist")
+        self.path, self.partial = path, partial_path(path)
+        recover_partial(path)
+        self.partial.mkdir()
         self.copies: dict = {}  # PNGs hold no other streams
         self.frames = 0
 
@@ -199,11 +259,9 @@ class PngSequenceSink(SinkBase):
         self.frames += 1
         return None
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         if self.partial.exists():
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
-            os.replace(self.partial, self.folder)
+            self.path = finish(self.partial, self.path, self.frames, complete)
 
 
 def default_vcam_backend() -> str:
@@ -226,6 +284,9 @@ class VirtualCameraSink(SinkBase):
         import pyvirtualcam
 
         backend = settings.vcam_backend or default_vcam_backend()
+        if backend not in pyvirtualcam.camera.BACKENDS:
+            available = ", ".join(sorted(pyvirtualcam.camera.BACKENDS)) or "none"
+            raise SinkUnavailable(f"no virtual camera backend {backend!r} on {sys.platform} (available: {available})")
         try:
             self.camera = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.RGB,
                                               backend=backend, device=settings.vcam_device, print_fps=False)
@@ -243,7 +304,7 @@ class VirtualCameraSink(SinkBase):
         self.camera.send(rgb(frame))
         return None
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         self.camera.close()
 
 
@@ -254,6 +315,9 @@ class WindowSink(SinkBase):
 
     def __init__(self, title: str = VCAM_NAME) -> None:
         self.title = title
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise SinkUnavailable("--sink window needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set "
+                                  "(use --sink vcam, null or a video file)")
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error as error:
@@ -263,7 +327,7 @@ class WindowSink(SinkBase):
         cv2.imshow(self.title, cv2.cvtColor(rgb(frame), cv2.COLOR_RGB2BGR))
         return self.KEYS.get(cv2.waitKey(1) & 0xFF)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         cv2.destroyWindow(self.title)
 
 

@@ -251,22 +251,29 @@ class CameraSource:
 Source = DemoSource | SyntheticSource | ImageSource | VideoFileSource | CameraSource
 
 
+def source_kind(spec: str) -> str:
+    """`demo`, `synthetic`, `camera`, `image` or `video`: what a source string names."""
+    if spec == "demo" or spec.startswith("synthetic:"):
+        return spec.split(":")[0]
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        return "camera"
+    return "image" if Path(spec).suffix.lower() in IMAGE_SUFFIXES else "video"
+
+
 def open_source(settings: SourceSettings) -> Source:
     """The source named by `settings.source`."""
-    spec = settings.source
-    if spec == "demo":
+    spec, kind = settings.source, source_kind(settings.source)
+    if kind == "demo":
         return DemoSource(settings.size, settings.fps, settings.loop)
-    if spec.startswith("synthetic:"):
+    if kind == "synthetic":
         size, fps = parse_synthetic(spec)
         return SyntheticSource(size, fps, loop=settings.loop)
-    if spec.isdigit():
-        return CameraSource(int(spec), settings.size, settings.fps)
-    if spec.startswith("/dev/video"):
-        return CameraSource(spec, settings.size, settings.fps)
+    if kind == "camera":
+        return CameraSource(int(spec) if spec.isdigit() else spec, settings.size, settings.fps)
     path = Path(spec)
     if not path.exists():
         raise SourceUnavailable(f"source {spec!r} not found: give a camera index, /dev/videoN, a video or image file, or demo")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if kind == "image":
         return ImageSource(path, settings.fps, settings.loop)
     return VideoFileSource(path, settings.loop)
 

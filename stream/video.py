@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engines.cli import add_model_arguments, run_cli
+from engines.cli import StopRequest, add_model_arguments, run_cli
 from engines.errors import BadArgument
 from engines.models import DEFAULT_MODEL
 from engines.segmenter import open_segmenter
@@ -57,6 +57,7 @@ class VideoSettings:
 
 @dataclass
 class VideoSummary:
+    path: Path | None  # where the frames went: the output, or beside it when an interrupted run kept the old one
     frames: int  # frames written
     total: int | None  # frames the input declares, if it does
     bad_packets: int
@@ -172,10 +173,10 @@ class _Output:
             if self.on_frame is not None:
                 self.on_frame(self.written)
 
-    def close(self) -> None:
+    def close(self, complete: bool) -> None:
         self.progress.close()
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(complete)
 
 
 def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | None = None) -> VideoSummary:
@@ -195,29 +196,33 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     total = video.frames or None
     output = _Output(settings, video, others, background, rgba, on_frame)
     batcher = _Batcher(MatteChain(segmenter), settings)
-    bad_packets, interrupted = 0, False
+    bad_packets, interrupted = 0, True
     try:
-        for packet in container.demux(video, *others):
-            if packet.stream.index != video.index:
-                if packet.dts is not None:
-                    output.mux(packet)
-                continue
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError:
-                bad_packets += 1
-                continue
-            for frame in decoded:
-                if output.writer is None:
-                    output.open(frame)
-                output.write(batcher.add(frame))
-        output.write(batcher.finish())
-    except KeyboardInterrupt:
-        interrupted = True
+        with StopRequest() as stop:
+            for packet in container.demux(video, *others):
+                if stop.requested:
+                    break
+                if packet.stream.index != video.index:
+                    if packet.dts is not None:
+                        output.mux(packet)
+                    continue
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    bad_packets += 1
+                    continue
+                for frame in decoded:
+                    if output.writer is None:
+                        output.open(frame)
+                    output.write(batcher.add(frame))
+            output.write(batcher.finish())  # after a Ctrl-C too: the frames decoded so far
+            interrupted = stop.requested
+    except KeyboardInterrupt:  # a second Ctrl-C
+        pass
     finally:
-        output.close()
+        output.close(complete=not interrupted)
         container.close()
-    return VideoSummary(output.written, total, bad_packets, interrupted)
+    return VideoSummary(output.writer.path if output.writer else None, output.written, total, bad_packets, interrupted)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,7 +249,7 @@ def run(settings: VideoSettings) -> int:
         log.warning("%d bad video packet(s) skipped: the output is shorter than the input (%d frames)",
                     summary.bad_packets, summary.frames)
     if summary.interrupted:
-        print(f"interrupted: {settings.output} holds the first {summary.frames} frames", file=sys.stderr)
+        print(f"interrupted: {summary.path} holds the first {summary.frames} frames", file=sys.stderr)
         return 130
     log.info("wrote %s: %d frames", settings.output, summary.frames)
     return 0

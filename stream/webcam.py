@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import ExitStack
+from pathlib import Path
 
 from engines.cli import add_model_arguments, parse_size, run_cli
 from engines.errors import BadArgument
@@ -19,9 +19,9 @@ from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
 from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
-from stream.sinks import SinkSettings, open_sink, sink_kind
+from stream.sinks import SinkSettings, check_video_suffix, open_sink, sink_kind
 from stream.smoothing import DEFAULT_STRENGTH, TemporalSmoother
-from stream.sources import SourceSettings, open_source
+from stream.sources import SourceSettings, open_source, source_kind
 from stream.timing import StatsPrinter
 
 # Pressing b in the preview window cycles from the chosen background through these.
@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("source")
     group.add_argument("--source", default=source_defaults.source,
                        help="camera index, /dev/videoN, a video or image file, or demo (default: %(default)s)")
-    group.add_argument("--size", default="x".join(map(str, source_defaults.size)),
-                       help="camera and demo size WIDTHxHEIGHT (default: %(default)s)")
-    group.add_argument("--fps", type=float, default=source_defaults.fps, help="camera and demo rate (default: %(default)s)")
-    group.add_argument("--loop", action="store_true", help="repeat a file, image or demo source")
+    group.add_argument("--size", help="camera and demo size WIDTHxHEIGHT (default: %s)"
+                                      % "x".join(map(str, source_defaults.size)))
+    group.add_argument("--fps", type=float, help=f"camera, demo and image rate (default: {source_defaults.fps:g})")
+    group.add_argument("--loop", action="store_true",
+                       help="repeat a video file (the demo and an image repeat by themselves when --frames is given)")
 
     group = parser.add_argument_group("effect")
     group.add_argument("--bg", default="blur",
@@ -70,21 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    sinks_named = args.sink or ["vcam"]
-    source_settings = SourceSettings(args.source, parse_size(args.size), args.fps, args.loop)
+def source_settings(args: argparse.Namespace) -> SourceSettings:
+    """The source's settings, refusing flags that do not apply to it. With `--frames`, the
+    demo and an image repeat until that many frames are out."""
+    kind, defaults = source_kind(args.source), SourceSettings()
+    if args.size is not None and kind not in ("camera", "demo"):
+        raise BadArgument(f"--size applies to a camera or the demo; {args.source} is a {kind} source, which "
+                          "plays at its own size")
+    if args.fps is not None and kind not in ("camera", "demo", "image"):
+        raise BadArgument(f"--fps applies to a camera, the demo or an image; {args.source} is a {kind} source, "
+                          "which plays at its own rate")
+    if args.fps is not None and not 0 < args.fps <= 240:
+        raise BadArgument(f"bad --fps {args.fps:g}: use a rate above 0 and at most 240")
+    size = parse_size(args.size) if args.size is not None else defaults.size
+    loop = args.loop or (args.frames is not None and kind in ("demo", "image"))
+    return SourceSettings(args.source, size, args.fps or defaults.fps, loop)
+
+
+def check_arguments(args: argparse.Namespace, sinks_named: list[str], keeps_alpha: bool) -> None:
     if not 0 <= args.smooth < 1:
         raise BadArgument(f"bad --smooth {args.smooth}: use a number in [0, 1)")
     if args.frames is not None and args.frames <= 0:
         raise BadArgument(f"bad --frames {args.frames}: use a positive count")
-    backgrounds = [open_background(args.bg)]
-    sink_settings = SinkSettings(args.vcam_backend, args.vcam_device, args.quality)
     for name in sinks_named:
-        sink_kind(name)
+        if sink_kind(name) == "file":
+            check_video_suffix(Path(name), alpha=keeps_alpha)
 
-    with ExitStack() as stack:
-        source = open_source(source_settings)
-        stack.callback(source.close)
+
+def run(args: argparse.Namespace) -> int:
+    sinks_named = args.sink or ["vcam"]
+    settings = source_settings(args)
+    backgrounds = [open_background(args.bg)]
+    check_arguments(args, sinks_named, backgrounds[0].keeps_alpha)
+    sink_settings = SinkSettings(args.vcam_backend, args.vcam_device, args.quality)
+
+    source = open_source(settings)
+    sinks, summary = [], None
+    try:
         # The segmenter before any sink: a missing backend (or a first TensorRT build) comes before any output exists.
         segmenter = open_segmenter(args.backend, args.model, args.threads)
         drop_stale = (args.drop_stale if args.drop_stale is not None
@@ -92,20 +115,25 @@ def run(args: argparse.Namespace) -> int:
         if "window" in sinks_named:
             backgrounds += [open_background(spec) for spec in EXTRA_BACKGROUNDS if spec != args.bg]
         processor = FrameProcessor(MatteChain(segmenter, TemporalSmoother(args.smooth)), backgrounds)
-        sinks = [
-            stack.enter_context(open_sink(name, source.width, source.height, source.fps, processor.rgba, sink_settings))
-            for name in sinks_named
-        ]
+        for name in sinks_named:
+            sinks.append(open_sink(name, source.width, source.height, source.fps, processor.rgba, sink_settings))
         observers = [StatsPrinter()] if args.stats else []
         log.info("%s %dx%d at %.3g fps → %s (%s)", args.source, source.width, source.height, source.fps,
                  ", ".join(sinks_named), "newest frame only" if drop_stale else "every frame")
         summary = run_loop(source, processor, sinks, LoopSettings(args.frames, drop_stale, args.stage_threads), observers)
         for observer in observers:
             observer.flush()
+    finally:
+        for sink in sinks:
+            sink.close(complete=summary is not None and not summary.interrupted)
+        source.close()
     dropped = f", {summary.dropped} dropped" if drop_stale else ""
     if summary.interrupted:
         log.warning("interrupted after %d frames%s; outputs closed", summary.frames, dropped)
         return 130
+    if args.frames is not None and summary.frames < args.frames:
+        log.warning("the source ended after %d frames, before the %d asked for (--loop repeats a file)",
+                    summary.frames, args.frames)
     log.info("%d frames%s", summary.frames, dropped)
     return 0
 

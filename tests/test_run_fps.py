@@ -1,8 +1,10 @@
-"""The latency harness: its JSON contract, its plot, and its pass/fail thresholds."""
+"""The latency harness: its JSON contract, its plot, and its pass/fail thresholds; one-line
+errors from the benchmark and engine commands."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,3 +64,14 @@ def test_engine_only_reports_each_backend(run_fps, tmp_path):
     assert entries["onnxruntime"]["ms"]["p50"] > 0
     assert set(entries) >= {"tensorrt", "torch-cuda", "onnxruntime", "torch-cpu"}
     assert all(("ms" in entry) != ("skipped" in entry) for entry in entries.values())
+
+
+@pytest.mark.parametrize("command, message", [
+    (["benchmarks/run_fps.py", "--source", "missing.mp4"], "error: source 'missing.mp4' not found"),
+    (["benchmarks/evaluate.py", "--data", "no/such/folder"], "error: no data folder no/such/folder"),
+    (["-m", "engines.export", "engines/weights/compact.safetensors"], "error: engines/weights/compact.onnx exists"),
+])
+def test_every_command_gives_one_line_for_bad_input(command, message):
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr

@@ -2,6 +2,7 @@
 one-line errors."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from tests.conftest import make_clip, read_frames
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream.webcam", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def cli(*args: str, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    environment = {name: value for name, value in os.environ.items() if name not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    return subprocess.run([sys.executable, "-m", "stream.webcam", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=environment)
 
 
 def test_virtual_camera_gets_rgb_frames_of_the_right_size(memory_camera):
@@ -92,10 +94,16 @@ def test_stats_report_fps():
         (["--source", "demo", "--bg", "sparkles", "--sink", "null"], "unknown background 'sparkles'", 2),
         (["--source", "demo", "--size", "big", "--sink", "null"], "bad size 'big': use WIDTHxHEIGHT", 2),
         (["--source", "demo", "--sink", "out.xyz"], "unknown sink 'out.xyz'", 2),
+        (["--source", "demo", "--sink", "window"], "--sink window needs a display", 1),
+        (["--source", "demo", "--sink", "vcam", "--vcam-backend", "obs"], "no virtual camera backend 'obs'", 1),
+        (["--source", "demo", "--fps", "0", "--sink", "x.mp4"], "bad --fps 0: use a rate above 0", 2),
+        (["--source", "demo", "--fps", "-5", "--sink", "null"], "bad --fps -5: use a rate above 0", 2),
+        (["--source", "demo", "--size", "100000x100000", "--sink", "null"], "at most 7680x4320", 2),
+        (["--source", "demo", "--bg", "none", "--sink", "x.mp4"], ".mp4 cannot carry alpha", 2),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_code(args, expected, code):
-    result = cli(*args)
+def test_bad_input_gives_one_line_and_exit_code(args, expected, code, tmp_path):
+    result = cli(*args, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("engines: backend")]
@@ -128,3 +136,26 @@ def test_ctrl_c_leaves_a_playable_file(tmp_path):
     assert process.returncode == 130, stderr
     assert "interrupted after" in stderr and "Traceback" not in stderr
     assert len(read_frames(out)) > 0
+
+
+def test_a_flag_that_does_not_apply_to_the_source_is_refused(clip):
+    for flags, message in ((["--size", "640x480"], "--size applies to a camera or the demo"),
+                           (["--fps", "10"], "--fps applies to a camera, the demo or an image")):
+        result = cli("--source", str(clip), *flags, "--sink", "null")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_frames_is_honoured_by_the_demo_and_a_short_file_says_it_ended(clip, tmp_path):
+    out = tmp_path / "long.mp4"
+    assert main(["--source", "demo", "--size", "160x120", "--sink", str(out), "--frames", "310"]) == 0
+    assert len(read_frames(out)) == 310  # more than the demo's 300 frames: it repeats
+    result = cli("--source", str(clip), "--sink", "null", "--frames", "50", "--no-drop-stale")
+    assert result.returncode == 0 and "the source ended after 12 frames, before the 50 asked for" in result.stderr
+
+
+def test_a_corrupt_model_names_its_cause_first(tmp_path):
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"not a model")
+    result = cli("--source", "demo", "--sink", "null", "--model", str(model))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: onnxruntime cannot load {model}")

@@ -1,0 +1,157 @@
+"""Nothing lost: Ctrl-C at random moments keeps every frame counted, in order; an interrupted
+run never replaces a good file; a killed run leaves a file that plays, which the next run keeps.
+
+Frames carry their number as eight black or white squares, so each output frame can be
+matched to the source frame it came from."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import stream.video
+from engines.tiramisu import InferenceSpec
+from stream.chain import MatteChain
+from stream.pipeline import FrameProcessor, LoopSettings, run_loop
+from stream.backgrounds import open_background
+from stream.sinks import FileSink, partial_path
+from stream.sources import Frame
+from stream.video import VideoSettings, process_video
+from tests.conftest import read_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (160, 96)  # W, H
+BITS = 8
+
+
+def numbered(index: int) -> np.ndarray:
+    """A frame whose number (modulo 256) is written as eight 20×48 squares, white for 1."""
+    image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    for bit in range(BITS):
+        if index >> bit & 1:
+            image[24:72, bit * 20 : bit * 20 + 20] = 255
+    return image
+
+
+def number(image: np.ndarray) -> int:
+    return sum(1 << bit for bit in range(BITS) if image[48, bit * 20 + 10].mean() > 127)
+
+
+def numbered_clip(path: Path, frames: int) -> Path:
+    """A clip of `frames` numbered frames (at most 256, so that each number is unique)."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
+        video.options = {"crf": "10"}
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(numbered(index), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 24)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    return path
+
+
+class Everyone:
+    """A stand-in network that calls every pixel person: the output frame is the input frame."""
+
+    name, device, spec = "everyone", torch.device("cpu"), InferenceSpec(long_side=64)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002)  # a network takes time: interrupts land in every stage
+        return torch.ones(images.shape[0], 1, *images.shape[2:])
+
+
+class NumberedSource:
+    self_paced, width, height, fps = False, *SIZE, 24.0
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def read(self) -> Frame:
+        self.count += 1
+        return Frame(numbered(self.count - 1), self.count - 1, time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+
+def ctrl_c_after(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_ctrl_c_in_file_mode_keeps_every_frame_counted(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(stream.video, "open_segmenter", lambda *args: Everyone())
+    clip = numbered_clip(tmp_path / "in.mp4", 240)
+    randomness = random.Random(suffix)
+    for run in range(4):
+        out = tmp_path / f"out{run}{suffix}"
+        ctrl_c_after(randomness.uniform(0.2, 1.2))
+        summary = process_video(VideoSettings(clip, out, bg="green", batch=4, smooth=0.0, quality=10))
+        assert summary.interrupted and summary.path == out
+        assert [number(frame) for frame in read_frames(out)] == list(range(summary.frames))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_ctrl_c_in_the_loop_keeps_every_frame_counted(tmp_path, suffix):
+    processor = FrameProcessor(MatteChain(Everyone()), [open_background("green")])
+    randomness = random.Random(suffix)
+    for run in range(4):
+        out = tmp_path / f"out{run}{suffix}"
+        sink = FileSink(out, *SIZE, Fraction(24), 10)
+        ctrl_c_after(randomness.uniform(0.2, 1.2))
+        summary = run_loop(NumberedSource(), processor, [sink], LoopSettings(drop_stale=False))
+        sink.close(complete=not summary.interrupted)
+        assert summary.interrupted
+        assert [number(frame) for frame in read_frames(out)] == [index % 256 for index in range(summary.frames)]
+
+
+def test_an_interrupted_overwrite_keeps_the_old_file_and_puts_the_new_frames_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream.video, "open_segmenter", lambda *args: Everyone())
+    clip = numbered_clip(tmp_path / "in.mp4", 60)
+    out = tmp_path / "out.mp4"
+    assert process_video(VideoSettings(clip, out, bg="green", smooth=0.0)).frames == 60
+    before = out.read_bytes()
+
+    def interrupt(count: int) -> None:
+        if count == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = process_video(VideoSettings(clip, out, bg="green", smooth=0.0, overwrite=True), on_frame=interrupt)
+    assert summary.interrupted and out.read_bytes() == before
+    assert summary.path == tmp_path / "out.interrupted.mp4" and len(read_frames(summary.path)) == summary.frames >= 20
+
+
+def test_a_killed_run_leaves_a_file_that_plays_and_the_next_run_keeps_it(tmp_path):
+    clip = numbered_clip(tmp_path / "in.mp4", 256)
+    out = tmp_path / "out.mp4"
+    command = [sys.executable, "-m", "stream.video", str(clip), "-o", str(out), "--bg", "green"]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+    partial, deadline = partial_path(out), time.monotonic() + 120
+    while (not partial.exists() or partial.stat().st_size < 20_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    frames = read_frames(partial)
+    assert 0 < len(frames) < 256 and frames[-1].shape == (SIZE[1], SIZE[0], 3)  # the real model: a composite
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    recovered = tmp_path / "out.recovered.mp4"
+    assert f"kept as {recovered}" in rerun.stderr and f"it holds {len(frames)} frames" in rerun.stderr
+    assert len(read_frames(recovered)) == len(frames) and len(read_frames(out)) == 256
