@@ -4,8 +4,8 @@
 
 The live loop, file mode, evaluation and the GPU check all run it, so that what is measured is
 what users run. The model's `InferenceSpec` (carried by the segmenter) sets the network size
-and the upsampling. File mode, which segments frames in batches and smooths with look-ahead,
-runs the same steps one by one: `prepare`, the segmenter, its smoother, `upsample`.
+and the upsampling. File mode segments frames in batches and smooths with look-ahead: `LookAheadChain` runs the
+same steps (`prepare`, the segmenter, a smoother, `upsample`) in that order.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from engines.segmenter import Segmenter
 from engines.tiramisu import InferenceSpec
 from stream.frames import guided_upsample, preprocess, upload
-from stream.smoothing import TemporalSmoother
+from stream.smoothing import TemporalSmoother, smooth_window
 
 
 @dataclass
@@ -80,6 +80,47 @@ class MatteChain:
         matte = self.upsample(prepared, small_alpha)
         mark("upsample")
         return matte
+
+
+class LookAheadChain:
+    """File mode's chain: the steps of `MatteChain`, with the segmenter called on batches of
+    `batch` frames and each matte smoothed with its previous and next neighbours
+    (`smooth_window`; `strength` 0 turns it off). `add(tag, image)` returns the (tag, Matte)
+    pairs released so far, in order (a frame waits for its next neighbour); `finish()` the rest.
+    `tag` is the caller's (file mode passes the decoded frame, for its timestamp)."""
+
+    def __init__(self, chain: MatteChain, batch: int, strength: float) -> None:
+        self.chain, self.batch, self.strength = chain, batch, strength
+        self.waiting: list = []  # (tag, NetworkInput) not yet through the network
+        self.frames: list = []  # (tag, NetworkInput, small alpha) through the network
+        self.started = False
+
+    def add(self, tag, image: np.ndarray) -> list[tuple[object, Matte]]:
+        self.waiting.append((tag, self.chain.prepare(image)))
+        return self._run() if len(self.waiting) >= self.batch else []
+
+    def finish(self) -> list[tuple[object, Matte]]:
+        return self._run(last=True)
+
+    def _run(self, last: bool = False) -> list[tuple[object, Matte]]:
+        if self.waiting:
+            alphas = self.chain.segmenter(torch.cat([prepared.small for _, prepared in self.waiting]))
+            self.frames += [(tag, prepared, alpha[None]) for (tag, prepared), alpha in zip(self.waiting, alphas)]
+            self.waiting = []
+        # self.frames holds the last released frame (a left neighbour) and those not yet
+        # released. The very first frame and the very last are their own outer neighbours.
+        head = self.frames[:1] if not self.started else []
+        tail = self.frames[-1:] if last else []
+        run = head + self.frames + tail
+        if len(run) < 3:
+            return []
+        smalls = torch.cat([prepared.small for _, prepared, _ in run])
+        alphas = torch.cat([alpha for _, _, alpha in run])
+        smoothed = smooth_window(alphas, smalls, self.strength) if self.strength else alphas[1:-1]
+        released = run[1:-1]
+        self.started = True
+        self.frames = run[-2:]  # the newest frame waits for its next neighbour
+        return [(tag, self.chain.upsample(prepared, smoothed[i : i + 1])) for i, (tag, prepared, _) in enumerate(released)]
 
 
 def prepare_stages(device: torch.device, threads: int = 1) -> None:

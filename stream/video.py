@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from engines.cli import StopRequest, add_model_arguments, run_cli
@@ -30,12 +29,12 @@ from engines.errors import BadArgument
 from engines.models import DEFAULT_MODEL
 from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
-from stream.chain import MatteChain, prepare_stages
+from stream.chain import LookAheadChain, MatteChain, prepare_stages
 from stream.composite import compose, matte_picture
 from stream.errors import SourceUnavailable
 from stream.frames import download
 from stream.sinks import FileSink, PngSequenceSink, check_video_suffix
-from stream.smoothing import DEFAULT_STRENGTH, smooth_window
+from stream.smoothing import DEFAULT_STRENGTH
 
 log = logging.getLogger("stream")
 
@@ -87,46 +86,6 @@ def _open_input(path: Path):
         container.close()
         raise SourceUnavailable(f"{path} has no video stream")
     return container
-
-
-class _Batcher:
-    """Collects decoded frames, runs the network on each batch, and releases frames once the
-    next frame's matte is known (look-ahead smoothing): the matte chain's steps, with the
-    segmenter called on a batch and `smooth_window` as the smoother."""
-
-    def __init__(self, chain: MatteChain, settings: VideoSettings) -> None:
-        self.chain, self.settings = chain, settings
-        self.waiting: list = []  # (av frame, NetworkInput) not yet through the network
-        self.frames: list = []  # (av frame, NetworkInput, small alpha) through the network
-        self.started = False
-
-    def add(self, frame) -> list:
-        self.waiting.append((frame, self.chain.prepare(frame.to_ndarray(format="rgb24"))))
-        return self._run() if len(self.waiting) >= self.settings.batch else []
-
-    def finish(self) -> list:
-        return self._run(last=True)
-
-    def _run(self, last: bool = False) -> list:
-        if self.waiting:
-            alphas = self.chain.segmenter(torch.cat([prepared.small for _, prepared in self.waiting]))
-            self.frames += [(frame, prepared, alpha[None]) for (frame, prepared), alpha in zip(self.waiting, alphas)]
-            self.waiting = []
-        # self.frames holds the last released frame (a left neighbour) and those not yet
-        # released. The very first frame and the very last are their own outer neighbours.
-        head = self.frames[:1] if not self.started else []
-        tail = self.frames[-1:] if last else []
-        run = head + self.frames + tail
-        if len(run) < 3:
-            return []
-        smalls = torch.cat([prepared.small for _, prepared, _ in run])
-        alphas = torch.cat([alpha for _, _, alpha in run])
-        smoothed = smooth_window(alphas, smalls, self.settings.smooth) if self.settings.smooth else alphas[1:-1]
-        released = run[1:-1]
-        self.started = True
-        self.frames = run[-2:]  # the newest frame waits for its next neighbour
-        return [(frame, self.chain.upsample(prepared, smoothed[i : i + 1]))
-                for i, (frame, prepared, _) in enumerate(released)]
 
 
 class _Output:
@@ -195,7 +154,7 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     others = [s for s in container.streams if s.type in ("audio", "subtitle")]
     total = video.frames or None
     output = _Output(settings, video, others, background, rgba, on_frame)
-    batcher = _Batcher(MatteChain(segmenter), settings)
+    batcher = LookAheadChain(MatteChain(segmenter), settings.batch, settings.smooth)
     bad_packets, interrupted = 0, True
     try:
         with StopRequest() as stop:
@@ -214,7 +173,7 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
                 for frame in decoded:
                     if output.writer is None:
                         output.open(frame)
-                    output.write(batcher.add(frame))
+                    output.write(batcher.add(frame, frame.to_ndarray(format="rgb24")))
             output.write(batcher.finish())  # after a Ctrl-C too: the frames decoded so far
             interrupted = stop.requested
     except KeyboardInterrupt:  # a second Ctrl-C
