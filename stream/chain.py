@@ -4,8 +4,8 @@
 
 The live loop, file mode, evaluation and the GPU check all run it, so that what is measured is
 what users run. The model's `InferenceSpec` (carried by the segmenter) sets the network size
-and the upsampling. File mode segments frames in batches and smooths with look-ahead: `LookAheadChain` runs the
-same steps (`prepare`, the segmenter, a smoother, `upsample`) in that order.
+and the upsampling. File mode segments frames in batches and smooths with look-ahead:
+`LookAheadChain` runs the same steps (`prepare`, the segmenter, a smoother, `upsample`).
 """
 from __future__ import annotations
 

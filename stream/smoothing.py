@@ -1,19 +1,35 @@
-"""Temporal smoothing of the matte, at the network's resolution.
+"""Temporal smoothing of the matte, at the network's resolution, along the motion.
 
-The matte is blended with its neighbours in time only where the image did not move and the
-mattes roughly agree. A still person's edges stop flickering, while a moving head is never
-held back (no lag, no ghost trailing behind). State is explicit: the previous matte and the
-previous image, cleared by `reset()`, which the loop calls when the source restarts; a
-change of size resets it too. File mode, which can look ahead, uses `smooth_window`: the
-previous and the next matte, both weighted the same way.
+Each neighbouring matte (the previous one live; the previous and the next one in file mode)
+is first moved along the optical flow between the two frames (OpenCV's DIS flow on the
+network-size luminance, about 0.2 ms on the CPU), so that a turning head or a panning camera
+leaves no ghost behind. It is then blended in where the moved image matches the new one and
+the two mattes agree: a still or tracked region stops flickering, while what the flow cannot
+explain (a hand coming in, something uncovered) passes straight through. On a CUDA device
+the flow is not computed (it would cost a round trip to the host): the blend is gated by the
+plain change of the image, as for a still camera. Across a cut (the whole frame changed)
+nothing is blended.
+
+State is explicit: the previous matte and the previous image, cleared by `reset()`, which
+the loop calls when the source restarts; a change of size resets it too. File mode, which
+can look ahead, uses `smooth_window`.
 """
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 _LUMA = (0.299, 0.587, 0.114)
-DEFAULT_STRENGTH = 0.7  # the previous matte's weight where nothing moved
+DEFAULT_STRENGTH = 0.9  # a neighbour's weight where it matches and agrees
+# Local luminance error (0–1, averaged over 5×5) at which a neighbour stops counting: after
+# moving it along the flow, and without flow, where any change means motion.
+FLOW_MISMATCH, STILL_MISMATCH = 0.15, 0.06
+# Mean luminance error over the whole frame above which a neighbour is another shot (a cut):
+# consecutive frames of the masked clips stay below 0.025 after alignment, cuts between them
+# are above 0.09.
+SHOT_CHANGE = 0.06
 
 
 def luma(image: torch.Tensor) -> torch.Tensor:
@@ -22,37 +38,68 @@ def luma(image: torch.Tensor) -> torch.Tensor:
     return (image * weights).sum(1, keepdim=True)
 
 
+def estimate_flow(luminance: torch.Tensor, other_luminance: torch.Tensor) -> torch.Tensor:
+    """N×h×w×2 offsets (x, y) in pixels such that `luminance` at p looks like `other_luminance`
+    at p + offset (DIS, ultrafast preset). Both N×1×h×w in [0, 1], on the CPU."""
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    to_uint8 = lambda tensor: (tensor[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()  # noqa: E731
+    return torch.from_numpy(np.stack([flow.calc(to_uint8(a), to_uint8(b), None)
+                                      for a, b in zip(luminance, other_luminance)]))
+
+
+def warp(tensor: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """N×C×h×w sampled at p + flow(p) (bilinear, edges repeated)."""
+    height, width = tensor.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype), torch.arange(width, dtype=flow.dtype), indexing="ij")
+    x = (xs + flow[..., 0]) * (2 / max(width - 1, 1)) - 1
+    y = (ys + flow[..., 1]) * (2 / max(height - 1, 1)) - 1
+    return F.grid_sample(tensor, torch.stack([x, y], -1), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def aligned(luminance: torch.Tensor, other_alpha: torch.Tensor,
+            other_luminance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A neighbour's matte and luminance moved onto this frame, and the mismatch that counts."""
+    if luminance.is_cuda:
+        return other_alpha, other_luminance, STILL_MISMATCH
+    moved = warp(torch.cat([other_alpha, other_luminance], 1), estimate_flow(luminance, other_luminance))
+    return moved[:, :1], moved[:, 1:], FLOW_MISMATCH
+
+
 def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: torch.Tensor,
-                     other_luminance: torch.Tensor, strength: float, motion_threshold: float) -> torch.Tensor:
-    """How much of a neighbouring frame's matte to blend in, per pixel: `strength` where the
-    image is still and the mattes agree, falling to 0 with motion or disagreement."""
-    motion = F.avg_pool2d((luminance - other_luminance).abs(), 5, stride=1, padding=2, count_include_pad=False)
-    still = (1 - motion / motion_threshold).clamp_(0, 1)
+                     other_luminance: torch.Tensor, strength: float, mismatch: float) -> torch.Tensor:
+    """How much of an (aligned) neighbour's matte to blend in, per pixel: `strength` where the
+    images match and the mattes agree, falling to 0 as either differs, and 0 across a cut."""
+    difference = (luminance - other_luminance).abs()
+    error = F.avg_pool2d(difference, 5, stride=1, padding=2, count_include_pad=False)
+    trust = (1 - error / mismatch).clamp_(0, 1)
     agreement = 1 - (alpha - other_alpha).abs()
-    return strength * still * agreement
+    same_shot = (difference.mean((1, 2, 3), keepdim=True) <= SHOT_CHANGE).to(alpha.dtype)
+    return strength * trust * agreement * same_shot
 
 
-def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH,
-                  motion_threshold: float = 0.06) -> torch.Tensor:
+def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
     """Look-ahead smoothing of a run of frames: each matte N×1×h×w is averaged with its
-    previous and next neighbours (images N×3×h×w), weighted by `neighbour_weight`. The
-    first and last frames have one neighbour. Returns the middle frames' mattes (N−2)."""
+    previous and next neighbours (images N×3×h×w), each aligned to it and weighted by
+    `neighbour_weight`. The first and last frames have one neighbour. Returns the middle
+    frames' mattes (N−2)."""
     luminance = luma(images)
     middle, middle_luma = alphas[1:-1], luminance[1:-1]
-    before = neighbour_weight(middle, middle_luma, alphas[:-2], luminance[:-2], strength, motion_threshold)
-    after = neighbour_weight(middle, middle_luma, alphas[2:], luminance[2:], strength, motion_threshold)
-    return (middle + before * alphas[:-2] + after * alphas[2:]) / (1 + before + after)
+    total, weights = middle.clone(), torch.ones_like(middle)
+    for other_alpha, other_luma in ((alphas[:-2], luminance[:-2]), (alphas[2:], luminance[2:])):
+        moved_alpha, moved_luma, mismatch = aligned(middle_luma, other_alpha, other_luma)
+        weight = neighbour_weight(middle, middle_luma, moved_alpha, moved_luma, strength, mismatch)
+        total += weight * moved_alpha
+        weights += weight
+    return total / weights
 
 
 class TemporalSmoother:
-    def __init__(self, strength: float = DEFAULT_STRENGTH, motion_threshold: float = 0.06) -> None:
-        """`strength` in [0, 1): the previous matte's weight where nothing moved (0 turns
-        smoothing off). `motion_threshold`: the local change of luminance (0–1) counted as
-        motion."""
+    def __init__(self, strength: float = DEFAULT_STRENGTH) -> None:
+        """`strength` in [0, 1): the previous matte's weight where it matches and agrees (0
+        turns smoothing off)."""
         if not 0 <= strength < 1:
             raise ValueError(f"smoothing strength must be in [0, 1), not {strength}")
         self.strength = strength
-        self.motion_threshold = motion_threshold
         self.previous_alpha: torch.Tensor | None = None
         self.previous_luma: torch.Tensor | None = None
 
@@ -68,8 +115,8 @@ class TemporalSmoother:
         if self.previous_alpha is None or self.previous_alpha.shape != alpha.shape:
             smoothed = alpha
         else:
-            weight = neighbour_weight(alpha, luminance, self.previous_alpha, self.previous_luma,
-                                      self.strength, self.motion_threshold)
-            smoothed = torch.lerp(alpha, self.previous_alpha, weight)
+            previous_alpha, previous_luma, mismatch = aligned(luminance, self.previous_alpha, self.previous_luma)
+            weight = neighbour_weight(alpha, luminance, previous_alpha, previous_luma, self.strength, mismatch)
+            smoothed = torch.lerp(alpha, previous_alpha, weight)
         self.previous_alpha, self.previous_luma = smoothed, luminance
         return smoothed
