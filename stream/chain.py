@@ -84,13 +84,15 @@ class MatteChain:
 
 class LookAheadChain:
     """File mode's chain: the steps of `MatteChain`, with the segmenter called on batches of
-    `batch` frames and each matte smoothed with its previous and next neighbours
-    (`smooth_window`; `strength` 0 turns it off). `add(tag, image)` returns the (tag, Matte)
-    pairs released so far, in order (a frame waits for its next neighbour); `finish()` the rest.
-    `tag` is the caller's (file mode passes the decoded frame, for its timestamp)."""
+    `batch` frames, each matte smoothed in order as live (`TemporalSmoother`), then once more
+    with its previous and next neighbours (`smooth_window`); `strength` 0 turns both off.
+    `add(tag, image)` returns the (tag, Matte) pairs released so far, in order (a frame waits
+    for its next neighbour); `finish()` the rest. `tag` is the caller's (file mode passes the
+    decoded frame, for its timestamp)."""
 
     def __init__(self, chain: MatteChain, batch: int, strength: float) -> None:
         self.chain, self.batch, self.strength = chain, batch, strength
+        self.smoother = TemporalSmoother(strength)
         self.waiting: list = []  # (tag, NetworkInput) not yet through the network
         self.frames: list = []  # (tag, NetworkInput, small alpha) through the network
         self.started = False
@@ -105,7 +107,8 @@ class LookAheadChain:
     def _run(self, last: bool = False) -> list[tuple[object, Matte]]:
         if self.waiting:
             alphas = self.chain.segmenter(torch.cat([prepared.small for _, prepared in self.waiting]))
-            self.frames += [(tag, prepared, alpha[None]) for (tag, prepared), alpha in zip(self.waiting, alphas)]
+            self.frames += [(tag, prepared, self.smoother(alpha[None], prepared.small))
+                            for (tag, prepared), alpha in zip(self.waiting, alphas)]
             self.waiting = []
         # self.frames holds the last released frame (a left neighbour) and those not yet
         # released. The very first frame and the very last are their own outer neighbours.
