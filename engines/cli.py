@@ -65,10 +65,11 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--model`, `--backend` and `--threads`, as every command that runs the network takes them."""
+def add_model_arguments(parser: argparse.ArgumentParser, model: str = DEFAULT_MODEL) -> None:
+    """`--model` (defaulting to `model`), `--backend` and `--threads`, as every command that runs
+    the network takes them."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=DEFAULT_MODEL,
+    group.add_argument("--model", default=model,
                        help="a shipped model's name or a .safetensors/.onnx file (default: %(default)s)")
     group.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                        help="auto takes the best that opens and logs why the others did not (default: %(default)s)")

@@ -9,7 +9,8 @@ from engines.errors import EngineError
 from engines.tiramisu import InferenceSpec, weights_header
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "compact"
+DEFAULT_MODEL = "compact"  # real time on two CPU cores: the live loop's default
+FILE_MODEL = "compact-320"  # the same network trained and run at a 320-pixel long side: file mode's default
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,6 @@ def open_segmenter(backend: str = "auto", model: str | Path | None = None, threa
         return segmenter
     # The cause first: what the model did wrong (EngineError) before what this machine lacks.
     skipped.sort(key=lambda entry: not isinstance(entry[1], EngineError))
-    (first, cause), others = skipped[0], skipped[1:]
+    (_, cause), others = skipped[0], skipped[1:]
     also = "; ".join(f"{name}: {error}" for name, error in others)
     raise type(cause)(f"{cause} (the other backends: {also})")

@@ -62,7 +62,7 @@ class TrainSettings:
     preset: str = "compact"
     recipe: str = "ours"
     size: tuple[int, int] = (256, 192)  # H, W of portrait crops (the flag is WIDTHxHEIGHT)
-    landscape_size: tuple[int, int] = (160, 288)  # H, W of landscape crops
+    landscape_size: tuple[int, int] = (160, 288)  # H, W of landscape crops (the flag is WIDTHxHEIGHT)
     landscape_share: float = 0.25
     epochs: int = 60
     batch: int = 16
@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default=defaults.recipe, choices=["ours", "seed"])
     parser.add_argument("--size", default="x".join(map(str, reversed(defaults.size))),
                         help="WIDTHxHEIGHT of portrait training crops (default: %(default)s)")
+    parser.add_argument("--landscape-size", default="x".join(map(str, reversed(defaults.landscape_size))),
+                        help="WIDTHxHEIGHT of landscape training crops (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -350,8 +352,9 @@ def run(args: argparse.Namespace) -> int:
     if any(share is None for share in shares) and any(share is not None for share in shares):
         raise BadArgument("give a share to every --data folder or to none")
     width, height = parse_size(args.size)
+    landscape_width, landscape_height = parse_size(args.landscape_size)
     settings = TrainSettings(**vars(args) | {"data": folders, "shares": tuple(s for s in shares if s is not None),
-                                            "size": (height, width)})
+                                            "size": (height, width), "landscape_size": (landscape_height, landscape_width)})
     train(settings)
     return 0
 

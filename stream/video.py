@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from engines.cli import StopRequest, add_model_arguments, run_cli
 from engines.errors import BadArgument
-from engines.models import DEFAULT_MODEL
+from engines.models import FILE_MODEL
 from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
 from stream.chain import LookAheadChain, MatteChain, prepare_stages
@@ -50,7 +50,7 @@ class VideoSettings:
     smooth: float = DEFAULT_STRENGTH
     quality: int = 18  # x264 CRF (VP9: +13)
     backend: str = "auto"
-    model: str = DEFAULT_MODEL
+    model: str = FILE_MODEL
     threads: int = 2
 
 
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=defaults.batch, help="frames per network call (default: %(default)s)")
     parser.add_argument("--smooth", type=float, default=defaults.smooth, help="temporal smoothing in [0, 1) (default: %(default)s)")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="CRF, lower is better (default: %(default)s)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, defaults.model)
     return parser
 
 
