@@ -36,6 +36,7 @@ COUNT_MESSAGES = (r"holds the first (\d+) frames", r"interrupted after (\d+) fra
 
 
 def numbered(index: int) -> np.ndarray:
+    """A frame whose number (modulo 256) is written as eight squares, white for 1."""
     image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
     for bit in range(BITS):
         if index >> bit & 1:
@@ -44,21 +45,24 @@ def numbered(index: int) -> np.ndarray:
 
 
 def number(image: np.ndarray) -> int:
+    """The number `numbered` wrote into a frame."""
     return sum(1 << bit for bit in range(BITS) if image[96, bit * 40 + 20].mean() > 127)
 
 
-def write_clip(path: Path) -> None:
+def write_clip(path: Path, frames: int = FRAMES) -> Path:
+    """A clip of `frames` numbered frames, at 24 fps (at most 256, so that each number is unique)."""
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=24)
         video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
         video.options = {"crf": "10"}
-        for index in range(FRAMES):
+        for index in range(frames):
             frame = av.VideoFrame.from_ndarray(numbered(index), format="rgb24")
             frame.pts, frame.time_base = index, Fraction(1, 24)
             for packet in video.encode(frame):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
+    return path
 
 
 def write_all_person_model(path: Path) -> None:

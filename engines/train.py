@@ -228,13 +228,9 @@ def save_grid(model: Tiramisu, pools: list[Pool], path: Path) -> None:
     cv2.imwrite(str(path), np.concatenate(grids, 0))
 
 
-def train(settings: TrainSettings) -> None:
-    torch.manual_seed(settings.seed)
-    torch.set_num_threads(settings.threads)
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
-
+def load_data(settings: TrainSettings):
+    """The pools, each pool's chance per sample and chance of a landscape crop, and the
+    background photos (or None)."""
     pools = [load_pool(root, settings.size, settings.seed) for root in settings.data]
     shares = torch.tensor(settings.shares or [float(len(pool.images)) for pool in pools])
     landscape_shares = torch.tensor([1 - settings.landscape_share if pool.landscape else settings.landscape_share
@@ -243,7 +239,17 @@ def train(settings: TrainSettings) -> None:
     if settings.backgrounds:
         backgrounds = load_backgrounds(settings.backgrounds, (settings.size[0] * 3 // 2, settings.size[0] * 2))
         print(f"{len(backgrounds)} background photos from {settings.backgrounds}")
+    return pools, shares, landscape_shares, backgrounds
 
+
+def train(settings: TrainSettings) -> None:
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
+
+    pools, shares, landscape_shares, backgrounds = load_data(settings)
     model = open_model(settings)
     steps_per_epoch = sum(len(pool.images) for pool in pools) // settings.batch
     optimizer, schedule = make_optimizer(model, settings, steps_per_epoch)
@@ -255,17 +261,10 @@ def train(settings: TrainSettings) -> None:
     kept = average.module if average else model
     spec = InferenceSpec(long_side=max(settings.size))  # the network is validated at its crops' long side
 
-    start_epoch, best = 0, -1.0
     checkpoint_path = out / "last.pt"
+    start_epoch, best = 0, -1.0
     if settings.resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=True)
-        model.load_state_dict(checkpoint["model"])
-        if average:
-            average.load_state_dict(checkpoint["average"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
-        print(f"resumed after epoch {checkpoint['epoch']} (best validation IoU {best:.2f})")
+        start_epoch, best = resume(checkpoint_path, model, average, optimizer, schedule)
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
     augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]))
@@ -297,13 +296,30 @@ def train(settings: TrainSettings) -> None:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "average": average.state_dict() if average else None, "epoch": epoch, "best": best}, checkpoint_path)
         save_grid(kept, pools, out / f"grid_{epoch + 1:03d}.png")
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "pools": pool_scores,
-                  "best": best, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started}
-        with open(out / "log.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
-        per_pool = ", ".join(f"{name} {score:.2f}" for name, score in pool_scores.items())
-        print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val IoU {val_iou:.2f} ({per_pool}){' (best)' if improved else ''}"
-              f"  {record['seconds']:.0f}s", flush=True)
+        log_epoch(out, {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "pools": pool_scores,
+                        "best": best, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started},
+                  improved)
+
+
+def resume(path: Path, model: Tiramisu, average, optimizer, schedule) -> tuple[int, float]:
+    """Load `last.pt` into the training state; returns the epoch to start at and the best score."""
+    checkpoint = torch.load(path, weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    if average:
+        average.load_state_dict(checkpoint["average"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["schedule"])
+    print(f"resumed after epoch {checkpoint['epoch']} (best validation IoU {checkpoint['best']:.2f})")
+    return checkpoint["epoch"] + 1, checkpoint["best"]
+
+
+def log_epoch(out: Path, record: dict, improved: bool) -> None:
+    """One line of `log.jsonl`, and one printed."""
+    with open(out / "log.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
+    per_pool = ", ".join(f"{name} {score:.2f}" for name, score in record["pools"].items())
+    print(f"epoch {record['epoch']}: loss {record['loss']:.4f}  val IoU {record['val_iou']:.2f} ({per_pool})"
+          f"{' (best)' if improved else ''}  {record['seconds']:.0f}s", flush=True)
 
 
 def _folder(text: str) -> tuple[str, float | None]:

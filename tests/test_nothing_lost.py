@@ -1,10 +1,12 @@
 """Nothing lost: Ctrl-C at random moments keeps every frame counted, in order; an interrupted
 run never replaces a good file; a killed run leaves a file that plays, which the next run keeps.
 
-Frames carry their number as eight black or white squares, so each output frame can be
-matched to the source frame it came from."""
+Frames carry their number as eight black or white squares (the numbered frames of
+`benchmarks/interrupts.py`), so each output frame can be matched to the source frame it came
+from."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -16,8 +18,6 @@ from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 import torch
 
@@ -32,37 +32,11 @@ from stream.video import VideoSettings, process_video
 from tests.conftest import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = (160, 96)  # W, H
-BITS = 8
-
-
-def numbered(index: int) -> np.ndarray:
-    """A frame whose number (modulo 256) is written as eight 20×48 squares, white for 1."""
-    image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    for bit in range(BITS):
-        if index >> bit & 1:
-            image[24:72, bit * 20 : bit * 20 + 20] = 255
-    return image
-
-
-def number(image: np.ndarray) -> int:
-    return sum(1 << bit for bit in range(BITS) if image[48, bit * 20 + 10].mean() > 127)
-
-
-def numbered_clip(path: Path, frames: int) -> Path:
-    """A clip of `frames` numbered frames (at most 256, so that each number is unique)."""
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=24)
-        video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
-        video.options = {"crf": "10"}
-        for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(numbered(index), format="rgb24")
-            frame.pts, frame.time_base = index, Fraction(1, 24)
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-    return path
+_spec = importlib.util.spec_from_file_location("interrupts", ROOT / "benchmarks" / "interrupts.py")
+interrupts = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(interrupts)
+SIZE = interrupts.SIZE
+numbered, number, numbered_clip = interrupts.numbered, interrupts.number, interrupts.write_clip
 
 
 class Everyone:
