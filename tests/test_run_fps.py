@@ -75,3 +75,13 @@ def test_every_command_gives_one_line_for_bad_input(command, message):
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+
+
+def test_without_matplotlib_the_plot_is_skipped_with_one_line(run_fps, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out = tmp_path / "bench.json"
+    assert run_fps.main(["--source", "synthetic:160x120@30", "--frames", "3", "--warmup", "1", "--no-pace",
+                         "--json", str(out)]) == 0
+    assert out.exists() and not out.with_suffix(".png").exists()
+    error = capsys.readouterr().err
+    assert "no plot" in error and "pip install -e '.[bench]'" in error and "Traceback" not in error
