@@ -29,6 +29,7 @@ import torch
 
 from engines.cli import run_cli
 from engines.tiramisu import Tiramisu, save_weights
+from stream.sinks import partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, BITS, FRAMES = (320, 192), 8, 256
@@ -74,7 +75,7 @@ def write_all_person_model(path: Path) -> None:
 
 
 def interrupted_run(command: list[str], output: Path, delay: float) -> dict:
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    partial = partial_path(output)
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not partial.exists() and process.poll() is None and time.monotonic() < deadline:

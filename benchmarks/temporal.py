@@ -102,7 +102,10 @@ def plot(report: dict, path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    strengths = [float(text) for text in args.smooth.split(",")]
+    try:
+        strengths = [float(text) for text in args.smooth.split(",")]
+    except ValueError:
+        strengths = [-1.0]
     if any(not 0 <= strength < 1 for strength in strengths):
         raise BadArgument(f"bad --smooth {args.smooth}: strengths in [0, 1), separated by commas")
     clips = sorted(path.parent for path in args.clips.glob("*/list.txt"))

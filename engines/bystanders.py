@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -46,10 +47,15 @@ def write_folder(data: Path, out: Path, teacher: Teacher, confidence: float = 0.
         if source.exists() and not link.exists():
             os.symlink(source, link)
     (out / "ignore").mkdir(exist_ok=True)
+    training = set(read_split(data, "train"))
+    for own in (data / "ignore").glob("*.png") if (data / "ignore").is_dir() else ():
+        if own.stem not in training:  # validation and test images keep their own maps, as drawn
+            shutil.copyfile(own, out / "ignore" / own.name)
     left_out = {}
     for name in tqdm(read_split(data, "train"), desc=f"bystanders in {data.name}"):
         image = read_rgb(data / "images" / f"{name}.jpg")
         mask = read_mask(data / "masks" / f"{name}.png")
+        teacher.reset()  # each photo is its own scene, also for a recurrent teacher
         ignore = read_ignore(data, name, mask.shape) | bystanders(teacher(image), mask, confidence, margin)
         if not cv2.imwrite(str(out / "ignore" / f"{name}.png"), ignore.astype(np.uint8) * 255):
             raise OSError(f"could not write {out / 'ignore' / name}.png")

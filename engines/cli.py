@@ -48,6 +48,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self._installed = False
         self._previous = None
 
     def _handle(self, signum, frame) -> None:
@@ -58,11 +59,13 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: str = DEFAULT_MODEL) -> None:
@@ -73,7 +76,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str = DEFAULT_MO
                        help="a shipped model's name or a .safetensors/.onnx file (default: %(default)s)")
     group.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                        help="auto takes the best that opens and logs why the others did not (default: %(default)s)")
-    group.add_argument("--threads", type=int, default=2, help="CPU threads for the network (default: %(default)s)")
+    group.add_argument("--threads", type=positive_int, default=2, help="CPU threads for the network (default: %(default)s)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 LARGEST_SIZE = (7680, 4320)  # 8K UHD: beyond what cameras deliver and codecs take

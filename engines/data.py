@@ -48,7 +48,8 @@ def load_portraits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images N×3×H×W uint8 and masks N×2×H×W uint8 at `size` (H, W): each scaled to cover it
     and centre-cropped, so that an image of another shape is not distorted. Mask channel 0 is
-    the person (0 or 255), channel 1 the pixels to leave out of loss and score (`ignore/`)."""
+    the person, channel 1 the pixels to leave out of loss and score (`ignore/`): 0 or 255, with
+    values between at edges that were resized (thresholded at 127 where used)."""
     root = Path(root)
     names = read_split(root, split) if names is None else names
     height, width = size

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -293,8 +294,10 @@ def train(settings: TrainSettings) -> None:
             best = val_iou
             save_weights(kept, out / "best.safetensors", spec, preset=settings.preset, recipe=settings.recipe,
                          epoch=str(epoch + 1), val_iou=f"{val_iou:.2f}")
+        partial = checkpoint_path.with_suffix(".pt.partial")  # a kill while saving keeps the last checkpoint
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "average": average.state_dict() if average else None, "epoch": epoch, "best": best}, checkpoint_path)
+                    "average": average.state_dict() if average else None, "epoch": epoch, "best": best}, partial)
+        os.replace(partial, checkpoint_path)
         save_grid(kept, pools, out / f"grid_{epoch + 1:03d}.png")
         log_epoch(out, {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_iou": val_iou, "pools": pool_scores,
                         "best": best, "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - started},
@@ -367,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
     folders, shares = zip(*args.data)
     if any(share is None for share in shares) and any(share is not None for share in shares):
         raise BadArgument("give a share to every --data folder or to none")
+    if any(share is not None and share <= 0 for share in shares):
+        raise BadArgument("every --data share must be above 0")
     width, height = parse_size(args.size)
     landscape_width, landscape_height = parse_size(args.landscape_size)
     settings = TrainSettings(**vars(args) | {"data": folders, "shares": tuple(s for s in shares if s is not None),

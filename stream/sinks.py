@@ -4,16 +4,19 @@ file path. Each has `write(frame)` and `close()` and works in a `with` block.
 Frames are H×W×3 uint8 RGB, or H×W×4 RGBA when the background keeps alpha. The virtual
 camera and the window show such frames over black; a file format that cannot carry alpha is
 refused. `write` returns a `Command` when the user asked for something (the preview window's
-keys), else None. `close(complete=False)` ends an interrupted run.
+keys), else None. `close(Ending.INTERRUPTED)` or `close(Ending.FAILED)` ends a run that did
+not finish.
 
 Files are written so that nothing is lost: into a hidden partial file, flushed as they go
 (fragmented MP4/MOV, Matroska clusters of a second) so that a killed run leaves a file that
 plays up to its last second or so; renamed into place by `close`. An interrupted run never
-replaces an existing file: its frames are kept beside it as `NAME.interrupted.EXT`. A partial
-file left by a killed run is found by the next run, kept as `NAME.recovered.EXT`, and reported.
+replaces an existing file: its frames are kept beside it as `NAME.interrupted.EXT`; a failed
+run's as `NAME.failed.EXT`. A partial file left by a killed run is found by the next run, kept
+as `NAME.recovered.EXT`, and reported.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -32,6 +35,14 @@ from stream.errors import SinkUnavailable
 log = logging.getLogger("stream")
 
 VCAM_NAME = "Tiramisu Camera"
+
+
+class Ending(enum.Enum):
+    """How a run ended, which decides where a file sink's frames go."""
+
+    COMPLETE = "complete"  # into place, replacing what was there
+    INTERRUPTED = "interrupted"  # into place if nothing is there, else beside it
+    FAILED = "failed"  # beside it
 
 
 class Command(enum.Enum):
@@ -69,7 +80,7 @@ class NullSink(SinkBase):
     def write(self, frame: np.ndarray) -> None:
         return None
 
-    def close(self, complete: bool = True) -> None:
+    def close(self, ending: Ending = Ending.COMPLETE) -> None:
         pass
 
 
@@ -145,17 +156,16 @@ def recover_partial(path: Path) -> None:
     log.warning("found %s, left by a run that did not finish: %s; kept as %s", partial.name, held, kept)
 
 
-def finish(partial: Path, target: Path, frames: int, complete: bool) -> Path:
-    """Rename a finished partial output into place. An interrupted one takes the target's
-    place only where there is nothing to replace; else it is kept beside it. Returns where it went."""
-    if complete or not target.exists():
-        if target.is_dir():
+def finish(partial: Path, target: Path, frames: int, ending: Ending) -> Path:
+    """Rename a partial output into place as `ending` says (see `Ending`). Returns where it went."""
+    if ending is Ending.COMPLETE or (ending is Ending.INTERRUPTED and not target.exists()):
+        if partial.is_dir() and target.is_dir():
             shutil.rmtree(target)
         os.replace(partial, target)
         return target
-    kept = beside(target, "interrupted")
+    kept = beside(target, ending.value)
     os.replace(partial, kept)
-    log.warning("interrupted: %s is left as it was; the %d frames written are in %s", target, frames, kept)
+    log.warning("%s: %s is left as it was; the %d frames written are in %s", ending.value, target, frames, kept)
     return kept
 
 
@@ -193,7 +203,8 @@ class FileSink(SinkBase):
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pixel_format
         self.stream.options = ENCODER_OPTIONS[codec](quality)
         self.stream.thread_type = "AUTO"
-        self.time_base = time_base or 1 / Fraction(rate)
+        self.rate = Fraction(rate)
+        self.time_base = time_base or 1 / self.rate
         self.stream.time_base = self.time_base
         if rotation:
             self.stream.set_display_rotation(rotation)
@@ -213,26 +224,45 @@ class FileSink(SinkBase):
         else:
             picture = frame if self.alpha else rgb(frame)
             video_frame = av.VideoFrame.from_ndarray(picture, format="rgba" if picture.shape[2] == 4 else "rgb24")
-        video_frame.pts = self.frames if pts is None else pts
+        video_frame.pts = round(self.frames / self.rate / self.time_base) if pts is None else pts
         video_frame.time_base = self.time_base
-        for packet in self.stream.encode(video_frame):
-            self.container.mux(packet)
+        with self._ffmpeg_errors():
+            for packet in self.stream.encode(video_frame):
+                self.container.mux(packet)
         self.frames += 1
         return None
 
     def mux(self, packet) -> None:
         """Copy a packet of one of the template streams, unchanged."""
         packet.stream = self.copies[packet.stream.index]
-        self.container.mux(packet)
+        with self._ffmpeg_errors():
+            self.container.mux(packet)
 
-    def close(self, complete: bool = True) -> None:
+    @contextlib.contextmanager
+    def _ffmpeg_errors(self):
+        """FFmpeg's refusals (an odd size for 4:2:0, timestamps that go back) as SinkUnavailable."""
+        import av
+
+        try:
+            yield
+        except av.error.FFmpegError as error:
+            raise SinkUnavailable(f"cannot write {self.path}: {error}") from None
+
+    def close(self, ending: Ending = Ending.COMPLETE) -> None:
         if self.container is None:
             return
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        self.container = None
-        self.path = finish(self.partial, self.path, self.frames, complete)
+        container, self.container = self.container, None
+        try:
+            with self._ffmpeg_errors():
+                for packet in self.stream.encode():
+                    container.mux(packet)
+        except SinkUnavailable:
+            if ending is Ending.COMPLETE:
+                raise  # else the run already failed or stopped, and that error is the one to tell
+        finally:
+            container.close()
+            if self.partial.exists():  # FFmpeg writes nothing when the encoder never opened
+                self.path = finish(self.partial, self.path, self.frames, ending)
 
 
 class PngSequenceSink(SinkBase):
@@ -255,13 +285,15 @@ class PngSequenceSink(SinkBase):
             picture = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
         else:
             picture = frame.reshape(frame.shape[:2])
-        cv2.imwrite(str(self.partial / f"frame_{self.frames:06d}.png"), picture)
+        path = self.partial / f"frame_{self.frames:06d}.png"
+        if not cv2.imwrite(str(path), picture):
+            raise SinkUnavailable(f"cannot write {path}")
         self.frames += 1
         return None
 
-    def close(self, complete: bool = True) -> None:
+    def close(self, ending: Ending = Ending.COMPLETE) -> None:
         if self.partial.exists():
-            self.path = finish(self.partial, self.path, self.frames, complete)
+            self.path = finish(self.partial, self.path, self.frames, ending)
 
 
 def default_vcam_backend() -> str:
@@ -304,7 +336,7 @@ class VirtualCameraSink(SinkBase):
         self.camera.send(rgb(frame))
         return None
 
-    def close(self, complete: bool = True) -> None:
+    def close(self, ending: Ending = Ending.COMPLETE) -> None:
         self.camera.close()
 
 
@@ -327,11 +359,11 @@ class WindowSink(SinkBase):
         cv2.imshow(self.title, cv2.cvtColor(rgb(frame), cv2.COLOR_RGB2BGR))
         return self.KEYS.get(cv2.waitKey(1) & 0xFF)
 
-    def close(self, complete: bool = True) -> None:
+    def close(self, ending: Ending = Ending.COMPLETE) -> None:
         cv2.destroyWindow(self.title)
 
 
-Sink = NullSink | FileSink | VirtualCameraSink | WindowSink
+Sink = NullSink | FileSink | PngSequenceSink | VirtualCameraSink | WindowSink
 
 
 def sink_kind(spec: str) -> str:

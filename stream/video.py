@@ -33,7 +33,7 @@ from stream.chain import LookAheadChain, MatteChain, prepare_stages
 from stream.composite import compose, matte_picture
 from stream.errors import SourceUnavailable
 from stream.frames import download
-from stream.sinks import FileSink, PngSequenceSink, check_video_suffix
+from stream.sinks import Ending, FileSink, PngSequenceSink, check_video_suffix
 from stream.smoothing import DEFAULT_STRENGTH
 
 log = logging.getLogger("stream")
@@ -58,7 +58,6 @@ class VideoSettings:
 class VideoSummary:
     path: Path | None  # where the frames went: the output, or beside it when an interrupted run kept the old one
     frames: int  # frames written
-    total: int | None  # frames the input declares, if it does
     bad_packets: int
     interrupted: bool
 
@@ -132,10 +131,10 @@ class _Output:
             if self.on_frame is not None:
                 self.on_frame(self.written)
 
-    def close(self, complete: bool) -> None:
+    def close(self, ending: Ending) -> None:
         self.progress.close()
         if self.writer is not None:
-            self.writer.close(complete)
+            self.writer.close(ending)
 
 
 def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | None = None) -> VideoSummary:
@@ -147,15 +146,18 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     rgba = background is not None and background.keeps_alpha
     _check_paths(settings, rgba)
     container = _open_input(settings.input)
-    segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
+    try:
+        segmenter = open_segmenter(settings.backend, settings.model, settings.threads)
+    except BaseException:
+        container.close()
+        raise
     prepare_stages(segmenter.device)
     video = container.streams.video[0]
     video.thread_type = "AUTO"
     others = [s for s in container.streams if s.type in ("audio", "subtitle")]
-    total = video.frames or None
     output = _Output(settings, video, others, background, rgba, on_frame)
     batcher = LookAheadChain(MatteChain(segmenter), settings.batch, settings.smooth)
-    bad_packets, interrupted = 0, True
+    bad_packets, ending = 0, Ending.FAILED
     try:
         with StopRequest() as stop:
             for packet in container.demux(video, *others):
@@ -175,13 +177,16 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
                         output.open(frame)
                     output.write(batcher.add(frame, frame.to_ndarray(format="rgb24")))
             output.write(batcher.finish())  # after a Ctrl-C too: the frames decoded so far
-            interrupted = stop.requested
+            ending = Ending.INTERRUPTED if stop.requested else Ending.COMPLETE
     except KeyboardInterrupt:  # a second Ctrl-C
-        pass
+        ending = Ending.INTERRUPTED
     finally:
-        output.close(complete=not interrupted)
+        output.close(ending)
         container.close()
-    return VideoSummary(output.writer.path if output.writer else None, output.written, total, bad_packets, interrupted)
+    if output.writer is None and ending is Ending.COMPLETE:
+        raise SourceUnavailable(f"no frame of {settings.input} could be decoded: nothing written")
+    return VideoSummary(output.writer.path if output.writer else None, output.written, bad_packets,
+                        ending is Ending.INTERRUPTED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +213,8 @@ def run(settings: VideoSettings) -> int:
         log.warning("%d bad video packet(s) skipped: the output is shorter than the input (%d frames)",
                     summary.bad_packets, summary.frames)
     if summary.interrupted:
-        print(f"interrupted: {summary.path} holds the first {summary.frames} frames", file=sys.stderr)
+        held = f"{summary.path} holds the first {summary.frames} frames" if summary.path else "nothing was written"
+        print(f"interrupted: {held}", file=sys.stderr)
         return 130
     log.info("wrote %s: %d frames", settings.output, summary.frames)
     return 0

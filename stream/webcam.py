@@ -13,13 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from engines.cli import add_model_arguments, parse_size, run_cli
+from engines.cli import add_model_arguments, parse_size, positive_int, run_cli
 from engines.errors import BadArgument
 from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
 from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
-from stream.sinks import SinkSettings, check_video_suffix, open_sink, sink_kind
+from stream.sinks import Ending, SinkSettings, check_video_suffix, open_sink, sink_kind
 from stream.smoothing import DEFAULT_STRENGTH, TemporalSmoother
 from stream.sources import SourceSettings, open_source, source_kind
 from stream.timing import StatsPrinter
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_arguments(parser)
     group = parser.add_argument_group("per-pixel stages")
-    group.add_argument("--stage-threads", type=int, default=loop_defaults.stage_threads,
+    group.add_argument("--stage-threads", type=positive_int, default=loop_defaults.stage_threads,
                        help="CPU threads for the per-pixel stages; one leaves a core to capture and the "
                             "network's other thread, which beats two busy-waiting pools (default: %(default)s)")
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--vcam-backend", default=sink_defaults.vcam_backend,
                        help="pyvirtualcam backend (default: v4l2loopback on Linux, obs elsewhere)")
     group.add_argument("--vcam-device", default=sink_defaults.vcam_device, help="for example /dev/video10")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     group.add_argument("--quality", type=int, default=sink_defaults.quality, help="video file CRF (default: %(default)s)")
 
     group = parser.add_argument_group("run")
@@ -96,6 +97,8 @@ def check_arguments(args: argparse.Namespace, sinks_named: list[str], keeps_alph
     for name in sinks_named:
         if sink_kind(name) == "file":
             check_video_suffix(Path(name), alpha=keeps_alpha)
+            if Path(name).exists() and not args.overwrite:
+                raise BadArgument(f"output {name} exists: add --overwrite to replace it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             observer.flush()
     finally:
         for sink in sinks:
-            sink.close(complete=summary is not None and not summary.interrupted)
+            sink.close(Ending.FAILED if summary is None else Ending.INTERRUPTED if summary.interrupted else Ending.COMPLETE)
         source.close()
     dropped = f", {summary.dropped} dropped" if drop_stale else ""
     if summary.interrupted:

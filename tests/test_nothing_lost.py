@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,9 +27,11 @@ from engines.tiramisu import InferenceSpec
 from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
 from stream.backgrounds import open_background
-from stream.sinks import FileSink, partial_path
+from stream.sinks import Ending, FileSink, partial_path
+from stream.errors import SinkUnavailable
 from stream.sources import Frame
 from stream.video import VideoSettings, process_video
+from stream.webcam import main as webcam_main
 from tests.conftest import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +99,7 @@ def test_ctrl_c_in_the_loop_keeps_every_frame_counted(tmp_path, suffix):
         sink = FileSink(out, *SIZE, Fraction(24), 10)
         with ctrl_c_after(randomness.uniform(0.1, 0.8)):
             summary = run_loop(NumberedSource(), processor, [sink], LoopSettings(drop_stale=False))
-        sink.close(complete=not summary.interrupted)
+        sink.close(Ending.INTERRUPTED if summary.interrupted else Ending.COMPLETE)
         assert summary.interrupted
         assert [number(frame) for frame in read_frames(out)] == [index % 256 for index in range(summary.frames)]
 
@@ -135,3 +138,27 @@ def test_a_killed_run_leaves_a_file_that_plays_and_the_next_run_keeps_it(tmp_pat
     recovered = tmp_path / "out.recovered.mp4"
     assert f"kept as {recovered}" in rerun.stderr and f"it holds {len(frames)} frames" in rerun.stderr
     assert len(read_frames(recovered)) == len(frames) and len(read_frames(out)) == 256
+
+
+def test_a_failed_run_keeps_its_frames_beside_and_never_at_the_name(tmp_path):
+    out = tmp_path / "out.mp4"
+    sink = FileSink(out, *SIZE, Fraction(24), 10)
+    for index in range(5):
+        sink.write(numbered(index))
+    sink.close(Ending.FAILED)
+    assert not out.exists() and [number(f) for f in read_frames(tmp_path / "out.failed.mp4")] == list(range(5))
+
+
+def test_ffmpeg_refusing_a_frame_is_one_typed_error(tmp_path):
+    sink = FileSink(tmp_path / "odd.mp4", 63, 64, Fraction(24), 10)  # 4:2:0 needs even sizes
+    with pytest.raises(SinkUnavailable, match="cannot write"):
+        sink.write(np.zeros((64, 63, 3), np.uint8))
+    sink.close(Ending.FAILED)
+
+
+def test_the_loop_replaces_an_existing_file_only_with_overwrite(tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"a good file")
+    common = ["--source", "demo", "--size", "160x120", "--sink", str(out), "--frames", "2"]
+    assert webcam_main(common) == 2 and out.read_bytes() == b"a good file"
+    assert webcam_main([*common, "--overwrite"]) == 0 and len(read_frames(out)) == 2
