@@ -4,12 +4,15 @@
     python benchmarks/run_fps.py --matrix --backends onnxruntime,torch-cpu --sizes 640x480,1280x720 --json m.json
     python benchmarks/run_fps.py --engine-only --json engines.json
     python benchmarks/run_fps.py --source synthetic:1280x720@30 --min-fps 30 --max-latency-ms 50
+    python benchmarks/run_fps.py --source demo --size 1280x720 --no-pace --reference
 
 Sources are paced at their frame rate through the live loop's capture thread, the way a
 camera delivers frames, so `dropped` counts what a camera would lose (`--no-pace` measures
 the most the loop can do). Warm-up frames are not counted. The JSON holds every number and
 the machine; a PNG beside it plots each stage's latency CDF and fps over time. With
-`--min-fps` or `--max-latency-ms` the exit code says whether the loop kept up.
+`--min-fps` or `--max-latency-ms` the exit code says whether the loop kept up. `--reference`
+also runs, on the same source and sizes, the MediaPipe selfie loop that the popular Linux
+tools use (`reference_loop`), and reports our fps and latency as ratios to it.
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ import platform
 import resource
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -153,6 +158,76 @@ def engine_only(models: list[str], size: str, iterations: int = 200, threads: in
     return results
 
 
+REFERENCE_MODEL = "mediapipe/modules/selfie_segmentation/selfie_segmentation_landscape.tflite"
+GET_REFERENCE = "pip download --no-deps mediapipe==0.10.21 -d teacher && pip install ai-edge-litert"
+
+
+def reference_loop(source: str, size: str, frames: int, warmup: int, wheel: Path | None) -> dict:
+    """The loop of the popular Linux tools, on the same source, size and frame count, unpaced:
+    MediaPipe's landscape selfie model (256×144, from the mediapipe 0.10.21 wheel) through
+    ai-edge-litert with 2 threads, an EMA of 0.5 on its mask, the frame blurred by a 21×21
+    Gaussian as background, and float compositing in numpy. Its fps, latency and stage p50s."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise BackendMissing(f"--reference needs ai-edge-litert and the mediapipe 0.10.21 wheel: {GET_REFERENCE}") from None
+    if wheel is None or not wheel.is_file():
+        raise BackendMissing(f"--reference needs the mediapipe 0.10.21 wheel (--mediapipe PATH): {GET_REFERENCE}")
+    with zipfile.ZipFile(wheel) as archive:
+        interpreter = Interpreter(model_content=archive.read(REFERENCE_MODEL), num_threads=2)
+    interpreter.allocate_tensors()
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    model_height, model_width = (int(side) for side in given["shape"][1:3])
+    width, height = parse_size(size)
+    frames_source = open_source(SourceSettings(source, (width, height), 30.0, loop=True))
+    mask, records = None, []
+    try:
+        for index in range(warmup + frames):
+            started = time.perf_counter()
+            frame = frames_source.read().image
+            stamps = [time.perf_counter()]
+            small = cv2.resize(frame, (model_width, model_height), interpolation=cv2.INTER_AREA)
+            interpreter.set_tensor(given["index"], (small.astype(np.float32) / 255)[None])
+            interpreter.invoke()
+            current = interpreter.get_tensor(taken["index"])[0, :, :, 0]
+            stamps.append(time.perf_counter())
+            mask = current if mask is None else 0.5 * mask + 0.5 * current
+            stamps.append(time.perf_counter())
+            alpha = cv2.resize(mask, (frame.shape[1], frame.shape[0]))[..., None]
+            background = cv2.GaussianBlur(frame, (21, 21), 0)
+            output = (frame * alpha + background * (1 - alpha)).astype(np.uint8)
+            stamps.append(time.perf_counter())
+            if index >= warmup and output.size:
+                records.append((started, stamps))
+    finally:
+        frames_source.close()
+    wall = records[-1][1][-1] - records[0][0]
+    stages = {name: _rounded(percentiles(1e3 * (stamps[i] - (stamps[i - 1] if i else start)) for start, stamps in records))
+              for i, name in enumerate(("capture", "infer", "smooth", "composite"))}
+    return {"size": f"{frames_source.width}x{frames_source.height}", "frames": len(records),
+            "fps": round(len(records) / wall, 2),
+            "latency_ms": _rounded(percentiles(1e3 * (stamps[-1] - stamps[0]) for _, stamps in records)),
+            "stages": stages}
+
+
+def compare_with_reference(runs: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The reference loop at each size of `runs`, printed, with our fps and p95 latency as
+    ratios to it (written into our runs too)."""
+    references = []
+    for size in dict.fromkeys(run["size"] for run in runs):
+        reference = reference_loop(args.source, size, args.frames, args.warmup, args.mediapipe)
+        references.append(reference)
+        print(f"reference    {size:>9} {reference['fps']:>6.1f} fps, p95 {reference['latency_ms']['p95']:.1f} ms; "
+              + "stage p50 " + " ".join(f"{name[:5]} {value['p50']:.1f}" for name, value in reference["stages"].items()))
+        for run in (run for run in runs if run["size"] == size):
+            run["reference"] = {"fps_ratio": round(run["fps"] / reference["fps"], 2),
+                                "p95_latency_ratio": round(run["latency_ms"]["p95"] / reference["latency_ms"]["p95"], 2)}
+            paced = "paced" if run["paced"] else "unpaced"
+            print(f"  ours ({run['backend']}, {paced}): {run['reference']['fps_ratio']:.2f}× its fps, "
+                  f"{run['reference']['p95_latency_ratio']:.2f}× its p95 latency")
+    return references
+
+
 def _rounded(values: dict) -> dict:
     return {key: round(value, 3) for key, value in values.items()}
 
@@ -229,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine-only", action="store_true", help="time the network alone per backend and model")
     parser.add_argument("--iterations", type=int, default=200, help="timed calls per engine in --engine-only")
     parser.add_argument("--json", type=Path, help="write every number here, and a PNG beside it")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the MediaPipe selfie loop of the popular Linux tools on the same source and "
+                             "sizes, unpaced, and report our fps and latency as ratios to it")
+    parser.add_argument("--mediapipe", type=Path, default=next(Path("teacher").glob("mediapipe-0.10.21-*.whl"), None),
+                        help="the mediapipe 0.10.21 wheel, for --reference (default: teacher/mediapipe-0.10.21-*.whl)")
     parser.add_argument("--min-fps", type=float, help="exit 1 if any run is slower")
     parser.add_argument("--max-latency-ms", type=float, help="exit 1 if any run's p95 end-to-end latency is higher")
     return parser
@@ -259,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
             except (BackendMissing, EngineError) as error:
                 print(f"{backend} {model} {size}: skipped ({error})", file=sys.stderr)
         print_table(runs)
+        if args.reference:
+            report["reference"] = compare_with_reference(runs, args)
         if len(runs) == 1:
             report |= {k: v for k, v in runs[0].items()}
         else:

@@ -85,3 +85,11 @@ def test_without_matplotlib_the_plot_is_skipped_with_one_line(run_fps, tmp_path,
     assert out.exists() and not out.with_suffix(".png").exists()
     error = capsys.readouterr().err
     assert "no plot" in error and "pip install -e '.[bench]'" in error and "Traceback" not in error
+
+
+def test_the_reference_loop_without_its_model_says_how_to_get_it(run_fps, tmp_path, capsys):
+    code = run_fps.main(["--source", "synthetic:160x120@30", "--frames", "3", "--warmup", "1", "--no-pace",
+                         "--reference", "--mediapipe", str(tmp_path / "missing.whl")])
+    error = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in error
+    assert error.strip().splitlines()[-1].startswith("error: --reference needs") and "pip download" in error
