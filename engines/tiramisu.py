@@ -90,12 +90,6 @@ PRESETS: dict[str, TiramisuConfig] = {
         down_layers=(3, 3, 3, 3), bottleneck_layers=3, growth=12, first_channels=32,
         stem_stride=4, dropout=0.0,
     ),
-    # As fast, three times the parameters and a wider view: a fifth dense block, the layers
-    # moved to the coarse scales where they cost little (1.5 M parameters).
-    "deep": TiramisuConfig(
-        down_layers=(2, 3, 4, 5, 6), bottleneck_layers=8, growth=12, first_channels=32,
-        stem_stride=4, dropout=0.0,
-    ),
 }
 
 
