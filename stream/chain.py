@@ -35,7 +35,6 @@ class Matte:
     """What the chain gives for one frame, everything on the segmenter's device."""
 
     frame: torch.Tensor  # H×W×3 uint8
-    pixels: torch.Tensor  # the frame as float32, shared by upsampling and blending
     small: torch.Tensor  # 1×3×h×w network input in [0, 1]
     small_alpha: torch.Tensor  # 1×1×h×w matte at the network's size, smoothed
     alpha: torch.Tensor  # H×W×1 float32 matte in [0, 1]
@@ -65,9 +64,9 @@ class MatteChain:
 
     def upsample(self, prepared: NetworkInput, small_alpha: torch.Tensor) -> Matte:
         """The network-size matte brought to the frame with the guided filter."""
-        pixels = prepared.frame.to(torch.float32)
-        alpha = guided_upsample(small_alpha, prepared.small, pixels, self.spec.upsample_radius, self.spec.upsample_eps)
-        return Matte(prepared.frame, pixels, prepared.small, small_alpha, alpha)
+        alpha = guided_upsample(small_alpha, prepared.small, prepared.frame, self.spec.upsample_radius,
+                                self.spec.upsample_eps)
+        return Matte(prepared.frame, prepared.small, small_alpha, alpha)
 
     def __call__(self, image: np.ndarray, mark: Callable[[str], object] = _no_clock) -> Matte:
         """One frame through the whole chain; `mark(stage)` is called as each stage ends."""

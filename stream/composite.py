@@ -27,7 +27,7 @@ def compose(matte: Matte, background: Background, rgba: bool, show_matte: bool =
     backdrop = background.render(matte.frame, matte.small, matte.small_alpha)
     if backdrop is None:
         return torch.cat([matte.frame, matte_picture(matte)], dim=2)
-    output = blend(matte.pixels, matte.alpha, backdrop)
+    output = blend(matte.frame, matte.alpha, backdrop)
     return _opaque(output) if rgba else output
 
 

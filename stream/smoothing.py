@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from stream.frames import box_mean
+
 _LUMA = (0.299, 0.587, 0.114)
 DEFAULT_STRENGTH = 0.9  # a neighbour's weight where it matches and agrees
 # Local luminance error (0–1, averaged over 5×5) at which a neighbour stops counting: after
@@ -70,7 +72,7 @@ def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: 
     """How much of an (aligned) neighbour's matte to blend in, per pixel: `strength` where the
     images match and the mattes agree, falling to 0 as either differs, and 0 across a cut."""
     difference = (luminance - other_luminance).abs()
-    error = F.avg_pool2d(difference, 5, stride=1, padding=2, count_include_pad=False)
+    error = box_mean(difference, 2)
     trust = (1 - error / mismatch).clamp_(0, 1)
     agreement = 1 - (alpha - other_alpha).abs()
     same_shot = (difference.mean((1, 2, 3), keepdim=True) <= SHOT_CHANGE).to(alpha.dtype)

@@ -32,6 +32,14 @@ def test_compact_takes_any_size_in_either_orientation(height, width):
     assert 0 <= alpha.min() and alpha.max() <= 1
 
 
+def test_alpha_is_the_two_class_softmax_of_the_logits():
+    model = Tiramisu.from_preset("compact").eval()
+    image = torch.rand(2, 3, 72, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = torch.softmax(model(image), dim=1)[:, 1:2]
+        assert torch.allclose(model.alpha(image), expected, atol=1e-5)
+
+
 def test_weights_round_trip_without_pickle(tmp_path):
     model = Tiramisu.from_preset("compact").eval()
     path = tmp_path / "m.safetensors"

@@ -2,14 +2,17 @@
 compositing."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 import torch
 from torch.nn import functional as F
 
 from engines.metrics import iou
 from engines.imaging import cover, network_size
 from stream.backgrounds import BlurBackground
-from stream.frames import blend, guided_upsample, preprocess
+from stream.backgrounds import ColourBackground, ImageBackground
+from stream.frames import blend, box_mean, guided_upsample, preprocess, resize_image
 from stream.smoothing import TemporalSmoother, smooth_window
 
 
@@ -41,6 +44,68 @@ def test_guided_upsampling_follows_the_frames_edges():
     guided = guided_upsample(small_alpha, small, frame_tensor)[..., 0].numpy() > 0.5
     bilinear = F.interpolate(small_alpha, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
     assert iou(guided, truth) > iou(bilinear, truth) + 1
+
+
+@pytest.mark.parametrize("height, width, radius", [(144, 256, 4), (37, 53, 2), (5, 9, 4)])
+def test_box_mean_averages_only_the_pixels_inside_the_image(height, width, radius):
+    """The CPU's OpenCV box filter against torch's pooling, which the CUDA path runs."""
+    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    size = 2 * radius + 1
+    rows = F.avg_pool2d(image, (1, size), stride=1, padding=(0, radius), count_include_pad=False)
+    expected = F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+    assert torch.allclose(box_mean(image, radius), expected, atol=1e-5)
+
+
+def test_guided_upsampling_on_the_cpu_is_the_fast_guided_filter():
+    """The OpenCV pass equals the filter written plainly in torch (the CUDA path's formula):
+    coefficients fitted at low resolution, upsampled bilinearly, applied to the green."""
+    generator = torch.Generator().manual_seed(3)
+    frame = torch.randint(0, 256, (90, 160, 3), dtype=torch.uint8, generator=generator)
+    small = preprocess(frame, (36, 64))
+    small_alpha = torch.rand(1, 1, 36, 64, generator=generator)
+    radius, eps = 4, 1e-3
+    guide = small[:, 1:2]
+    mean = lambda x: box_mean(x, radius)  # noqa: E731
+    a = (mean(guide * small_alpha) - mean(guide) * mean(small_alpha)) / (mean(guide * guide) - mean(guide) ** 2 + eps)
+    b = mean(small_alpha) - a * mean(guide)
+    up = lambda x: F.interpolate(x, size=(90, 160), mode="bilinear", align_corners=False)[0, 0]  # noqa: E731
+    expected = (up(a) * frame[:, :, 1].float() / 255 + up(b)).clamp(0, 1)
+    actual = guided_upsample(small_alpha, small, frame, radius, eps)
+    assert actual.shape == (90, 160, 1) and actual.dtype == torch.float32
+    assert torch.allclose(actual[..., 0], expected, atol=1e-4)
+
+
+def test_blend_on_the_cpu_rounds_the_convex_blend():
+    generator = torch.Generator().manual_seed(4)
+    frame = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=generator)
+    background = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=generator)
+    alpha = torch.rand(48, 64, 1, generator=generator)
+    expected = background.float() + alpha * (frame.float() - background.float())
+    assert (blend(frame, alpha, background).float() - expected).abs().max() <= 0.51
+
+
+def test_backgrounds_render_full_frames_made_once_per_size(tmp_path):
+    frame = torch.zeros(30, 40, 3, dtype=torch.uint8)
+    small, small_alpha = preprocess(frame, (24, 32)), torch.zeros(1, 1, 24, 32)
+    green = ColourBackground("green", (0, 177, 64))
+    first = green.render(frame, small, small_alpha)
+    assert first.shape == (30, 40, 3) and first.dtype == torch.uint8 and (first[..., 1] == 177).all()
+    assert green.render(frame, small, small_alpha) is first
+    assert green.render(torch.zeros(10, 20, 3, dtype=torch.uint8), small, small_alpha).shape == (10, 20, 3)
+    picture = np.zeros((60, 80, 3), np.uint8)
+    picture[:, :, 2] = 200  # red in BGR
+    path = tmp_path / "red.png"
+    cv2.imwrite(str(path), picture)
+    image = ImageBackground(path)
+    rendered = image.render(frame, small, small_alpha)
+    assert rendered.shape == (30, 40, 3) and rendered.dtype == torch.uint8 and (rendered[..., 0] == 200).all()
+    assert image.render(frame, small, small_alpha) is rendered
+
+
+def test_resize_image_gives_uint8_pictures_at_the_asked_size():
+    image = torch.full((1, 3, 9, 16), 100.0)
+    resized = resize_image(image, (90, 160))
+    assert resized.shape == (90, 160, 3) and resized.dtype == torch.uint8 and (resized == 100).all()
 
 
 def test_blend_takes_person_where_alpha_is_one_and_background_elsewhere():
