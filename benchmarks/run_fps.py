@@ -24,7 +24,7 @@ import resource
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -58,6 +58,7 @@ class BenchSettings:
     smooth: float = DEFAULT_STRENGTH
     threads: int = 2
     pace: bool = True
+    overlap: bool = True
 
 
 def machine() -> dict:
@@ -98,11 +99,11 @@ def run_once(settings: BenchSettings) -> dict:
         background = open_background(settings.bg)
         processor = FrameProcessor(MatteChain(segmenter, TemporalSmoother(settings.smooth)), [background])
         with open_sink(settings.sink, source.width, source.height, source.fps, processor.rgba, SinkSettings()) as sink:
-            run_loop(source, processor, [sink], LoopSettings(settings.warmup, drop_stale=settings.pace))
+            loop = LoopSettings(settings.warmup, drop_stale=settings.pace, overlap=settings.overlap)
+            run_loop(source, processor, [sink], loop)
             records: list[FrameRecord] = []
             cpu_before, started = time.process_time(), time.perf_counter()
-            summary = run_loop(source, processor, [sink], LoopSettings(settings.frames, drop_stale=settings.pace),
-                               [records.append])
+            summary = run_loop(source, processor, [sink], replace(loop, frames=settings.frames), [records.append])
             wall = time.perf_counter() - started
             cpu_seconds = time.process_time() - cpu_before
     finally:
@@ -116,6 +117,7 @@ def run_once(settings: BenchSettings) -> dict:
         "background": settings.bg,
         "sink": settings.sink,
         "paced": settings.pace,
+        "overlap": settings.overlap,
         "frames": summary.frames,
         "seconds": round(wall, 3),
         "fps": round(summary.frames / wall, 2),
@@ -297,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sink", default=defaults.sink, help="null, vcam, window or a video file (default: null)")
     parser.add_argument("--pace", action=argparse.BooleanOptionalAction, default=True,
                         help="deliver frames at the source rate like a camera (default: on)")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                        help="segment the next frame while this one is composited (default: on)")
     parser.add_argument("--matrix", action="store_true", help="run every backend × model × size below")
     parser.add_argument("--backends", default="onnxruntime,torch-cpu", help="for --matrix")
     parser.add_argument("--models", default=DEFAULT_MODEL, help="for --matrix and --engine-only")

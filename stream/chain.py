@@ -68,17 +68,27 @@ class MatteChain:
                                 self.spec.upsample_eps)
         return Matte(prepared.frame, prepared.small, small_alpha, alpha)
 
-    def __call__(self, image: np.ndarray, mark: Callable[[str], object] = _no_clock) -> Matte:
-        """One frame through the whole chain; `mark(stage)` is called as each stage ends."""
+    def segment(self, image: np.ndarray,
+                mark: Callable[[str], object] = _no_clock) -> tuple[NetworkInput, torch.Tensor]:
+        """The first half: the frame prepared and through the network (its small matte)."""
         prepared = self.prepare(image)
         mark("preprocess")
         small_alpha = self.segmenter(prepared.small)
         mark("infer")
+        return prepared, small_alpha
+
+    def finish(self, prepared: NetworkInput, small_alpha: torch.Tensor,
+               mark: Callable[[str], object] = _no_clock) -> Matte:
+        """The second half, in frame order: smoothing, then upsampling."""
         small_alpha = self.smoother(small_alpha, prepared.small)
         mark("smooth")
         matte = self.upsample(prepared, small_alpha)
         mark("upsample")
         return matte
+
+    def __call__(self, image: np.ndarray, mark: Callable[[str], object] = _no_clock) -> Matte:
+        """One frame through the whole chain; `mark(stage)` is called as each stage ends."""
+        return self.finish(*self.segment(image, mark), mark)
 
 
 class LookAheadChain:

@@ -333,7 +333,11 @@ class LatestFrameReader:
             return frame
 
     def close(self) -> None:
-        """Stop the capture thread; the source itself stays open for its owner to close."""
+        """Stop the capture thread; a `read()` waiting for a frame returns None. The source
+        itself stays open for its owner to close."""
         self._stop.set()
         self._thread.join(timeout=2)
+        with self._condition:
+            self._finished = True
+            self._condition.notify_all()
 

@@ -36,6 +36,11 @@ class StageClock:
         self.last = time.perf_counter()
         self.stages = {}
 
+    def resume(self) -> None:
+        """Restart the running stage's clock, leaving out the time the frame waited (for the
+        other thread, with overlap); the end-to-end latency still counts it."""
+        self.last = time.perf_counter()
+
     def mark(self, stage: str) -> float:
         if self.sync:
             torch.cuda.synchronize()

@@ -132,3 +132,56 @@ def test_the_matte_view_keeps_an_opaque_alpha_when_the_output_is_rgba():
     processor.handle(Command.TOGGLE_MATTE)
     matte = processor(CountingCamera().read(), StageClock(torch.device("cpu")))
     assert matte.shape == (24, 32, 4) and (matte[..., 3] == 255).all()
+
+
+class RecordingSink(NullSink):
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def write(self, frame):
+        self.frames.append(frame.copy())
+
+
+def test_overlap_gives_the_same_frames_in_the_same_order_as_one_thread():
+    outputs = {}
+    for overlap in (False, True):
+        sink = RecordingSink()
+        processor = FrameProcessor(MatteChain(LeftHalfPerson()), [open_background("green")])
+        summary = run_loop(CountingCamera(frames=40), processor, [sink], LoopSettings(drop_stale=False, overlap=overlap))
+        assert (summary.frames, summary.dropped) == (40, 0)
+        outputs[overlap] = sink.frames
+    assert [frame[0, 0, 0] for frame in outputs[True]] == list(range(40))  # the person's half shows frame i
+    assert all(np.array_equal(a, b) for a, b in zip(outputs[False], outputs[True]))
+
+
+@pytest.mark.parametrize("drop_stale", [False, True])
+def test_an_error_in_the_segmenting_thread_reaches_the_loop_and_the_thread_ends(drop_stale):
+    class FailsAtTheFifthFrame(LeftHalfPerson):
+        calls = 0
+
+        def __call__(self, images):
+            self.calls += 1
+            if self.calls == 5:
+                raise RuntimeError("engine lost")
+            return super().__call__(images)
+
+    processor = FrameProcessor(MatteChain(FailsAtTheFifthFrame()), [open_background("green")])
+    sink = RecordingSink()
+    with pytest.raises(RuntimeError, match="engine lost"):
+        run_loop(CountingCamera(frames=40), processor, [sink], LoopSettings(drop_stale=drop_stale, overlap=True))
+    assert len(sink.frames) == 4
+    assert not any(thread.name in ("segment", "capture") for thread in threading.enumerate())
+
+
+def test_a_sink_that_quits_stops_the_segmenting_thread():
+    class QuitsAtTheThird(NullSink):
+        written = 0
+
+        def write(self, frame):
+            self.written += 1
+            return Command.QUIT if self.written == 3 else None
+
+    processor = FrameProcessor(MatteChain(LeftHalfPerson()), [open_background("green")])
+    summary = run_loop(CountingCamera(period=0.001), processor, [QuitsAtTheThird()], LoopSettings(overlap=True))
+    assert summary.frames == 3
+    assert not any(thread.name in ("segment", "capture") for thread in threading.enumerate())
