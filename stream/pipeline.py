@@ -13,15 +13,14 @@ frames per second than one thread (`benchmarks/results/`).
 """
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from engines.cli import StopRequest
+from stream.ahead import Ahead
 from stream.backgrounds import Background
 from stream.chain import MatteChain, NetworkInput, prepare_stages
 from stream.composite import compose
@@ -105,53 +104,15 @@ class Segmented:
     clock: StageClock
 
 
-def _read_and_segment(reader: Source | LatestFrameReader, processor: FrameProcessor) -> Segmented | None:
-    clock = StageClock(processor.device)
-    frame = reader.read()
-    if frame is None:
-        return None
-    clock.mark("capture")
-    return processor.segment(frame, clock)
-
-
-class _SegmentAhead:
-    """A worker thread running `_read_and_segment` one frame ahead of the loop. `get()` returns
-    its results in order (None at the end of the source) and raises what it raised."""
-
-    def __init__(self, reader: Source | LatestFrameReader, processor: FrameProcessor) -> None:
-        self._results: queue.Queue = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(reader, processor), name="segment", daemon=True)
-        self._thread.start()
-
-    def _run(self, reader: Source | LatestFrameReader, processor: FrameProcessor) -> None:
-        try:
-            while not self._stop.is_set():
-                result = _read_and_segment(reader, processor)
-                self._put(result)
-                if result is None:
-                    return
-        except BaseException as error:  # handed to the loop's thread, which raises it
-            self._put(error)
-
-    def _put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._results.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def get(self) -> Segmented | None:
-        item = self._results.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop the worker after the frame in hand (that frame is not output)."""
-        self._stop.set()
-        self._thread.join()
+def segmented_frames(reader: Source | LatestFrameReader, processor: FrameProcessor) -> Iterator[Segmented]:
+    """The source's frames through the first half of the work, each with its own clock."""
+    while True:
+        clock = StageClock(processor.device)
+        frame = reader.read()
+        if frame is None:
+            return
+        clock.mark("capture")
+        yield processor.segment(frame, clock)
 
 
 def run_loop(
@@ -166,17 +127,16 @@ def run_loop(
     Ctrl-C ends the loop between two frames, with `interrupted` set: every frame counted is
     in every sink. The caller closes the sinks.
     """
+    if settings.frames == 0:
+        return RunSummary(0, 0)
     prepare_stages(processor.device, settings.stage_threads)
     reader = LatestFrameReader(source) if settings.drop_stale else source
-    ahead = _SegmentAhead(reader, processor) if settings.overlap else None
-    next_frame = ahead.get if ahead else lambda: _read_and_segment(reader, processor)
+    frames = segmented_frames(reader, processor)
+    ahead = Ahead(frames, depth=1, name="segment") if settings.overlap else None
     count, interrupted = 0, False
     try:
         with StopRequest() as stop:
-            while (settings.frames is None or count < settings.frames) and not stop.requested:
-                segmented = next_frame()
-                if segmented is None:
-                    break
+            for segmented in ahead or frames:
                 output = processor.finish(segmented)
                 commands = [sink.write(output) for sink in sinks]
                 clock = segmented.clock
@@ -185,7 +145,7 @@ def run_loop(
                 for observer in observers:
                     observer(record)
                 count += 1
-                if Command.QUIT in commands:
+                if Command.QUIT in commands or count == settings.frames or stop.requested:
                     break
                 for command in commands:
                     if command is not None:

@@ -7,7 +7,8 @@
     python -m stream.video talk.mp4 -o matte.mp4 --matte-only      # the matte alone, one channel
 
 File mode never drops a frame. Frames go through the network in batches, and smoothing
-looks one frame ahead as well as one behind. Timestamps, time base, frame rate, size and
+looks one frame ahead as well as one behind. Decoding and the network run in one thread,
+compositing and encoding in another. Timestamps, time base, frame rate, size and
 rotation are kept; audio and subtitle packets are copied unchanged. The output is written
 to a partial file and renamed into place at the end; Ctrl-C finishes the file with the
 frames done so far.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +31,8 @@ from engines.errors import BadArgument
 from engines.models import FILE_MODEL
 from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
-from stream.chain import LookAheadChain, MatteChain, prepare_stages
+from stream.ahead import Ahead
+from stream.chain import LookAheadChain, Matte, MatteChain, prepare_stages
 from stream.composite import compose, matte_picture
 from stream.errors import SourceUnavailable
 from stream.frames import download
@@ -122,14 +125,15 @@ class _Output:
         elif packet.stream.index in self.writer.copies:
             self.writer.mux(packet)
 
-    def write(self, entries: list) -> None:
-        for frame, matte in entries:
-            picture = matte_picture(matte) if self.settings.matte_only else compose(matte, self.background, self.rgba)
-            self.writer.write(download(picture), pts=frame.pts)
-            self.written += 1
-            self.progress.update(1)
-            if self.on_frame is not None:
-                self.on_frame(self.written)
+    def write(self, frame, matte: Matte) -> None:
+        if self.writer is None:
+            self.open(frame)
+        picture = matte_picture(matte) if self.settings.matte_only else compose(matte, self.background, self.rgba)
+        self.writer.write(download(picture), pts=frame.pts)
+        self.written += 1
+        self.progress.update(1)
+        if self.on_frame is not None:
+            self.on_frame(self.written)
 
     def close(self, ending: Ending) -> None:
         self.progress.close()
@@ -137,11 +141,41 @@ class _Output:
             self.writer.close(ending)
 
 
-def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | None = None) -> VideoSummary:
-    """Run the whole file through the network and write the output. `on_frame(count)` is
-    called after each frame is written (progress; tests inject interrupts through it)."""
+@dataclass
+class _Decoding:
+    """What the decoding thread tells the writer besides the frames."""
+
+    finishing: threading.Event  # set on the first Ctrl-C: stop reading, finish what was read
+    bad_packets: int = 0
+
+
+def _mattes(container, video, others: list, batcher: LookAheadChain, decoding: _Decoding) -> Iterator:
+    """The file in order: (decoded frame, Matte) pairs and the other streams' packets."""
     import av
 
+    for packet in container.demux(video, *others):
+        if decoding.finishing.is_set():
+            break
+        if packet.stream.index != video.index:
+            if packet.dts is not None:
+                yield packet
+            continue
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError:
+            decoding.bad_packets += 1
+            continue
+        for frame in decoded:
+            yield from batcher.add(frame, frame.to_ndarray(format="rgb24"))
+    yield from batcher.finish()  # after a Ctrl-C too: the frames decoded so far
+
+
+def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | None = None) -> VideoSummary:
+    """Run the whole file through the network and write the output. `on_frame(count)` is
+    called after each frame is written (progress; tests inject interrupts through it).
+
+    Two threads: one decodes and runs the matte chain, the other (this one) composites,
+    encodes and copies the other streams' packets, in file order."""
     background = None if settings.matte_only else open_background(settings.bg)
     rgba = background is not None and background.keeps_alpha
     _check_paths(settings, rgba)
@@ -156,36 +190,29 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     video.thread_type = "AUTO"
     others = [s for s in container.streams if s.type in ("audio", "subtitle")]
     output = _Output(settings, video, others, background, rgba, on_frame)
+    decoding = _Decoding(threading.Event())
     batcher = LookAheadChain(MatteChain(segmenter), settings.batch, settings.smooth)
-    bad_packets, ending = 0, Ending.FAILED
+    items = Ahead(_mattes(container, video, others, batcher, decoding), depth=settings.batch, name="decode")
+    ending = Ending.FAILED
     try:
         with StopRequest() as stop:
-            for packet in container.demux(video, *others):
+            for item in items:
                 if stop.requested:
-                    break
-                if packet.stream.index != video.index:
-                    if packet.dts is not None:
-                        output.mux(packet)
-                    continue
-                try:
-                    decoded = packet.decode()
-                except av.error.FFmpegError:
-                    bad_packets += 1
-                    continue
-                for frame in decoded:
-                    if output.writer is None:
-                        output.open(frame)
-                    output.write(batcher.add(frame, frame.to_ndarray(format="rgb24")))
-            output.write(batcher.finish())  # after a Ctrl-C too: the frames decoded so far
+                    decoding.finishing.set()
+                if isinstance(item, tuple):
+                    output.write(*item)
+                else:
+                    output.mux(item)
             ending = Ending.INTERRUPTED if stop.requested else Ending.COMPLETE
     except KeyboardInterrupt:  # a second Ctrl-C
         ending = Ending.INTERRUPTED
     finally:
+        items.close()
         output.close(ending)
         container.close()
     if output.writer is None and ending is Ending.COMPLETE:
         raise SourceUnavailable(f"no frame of {settings.input} could be decoded: nothing written")
-    return VideoSummary(output.writer.path if output.writer else None, output.written, bad_packets,
+    return VideoSummary(output.writer.path if output.writer else None, output.written, decoding.bad_packets,
                         ending is Ending.INTERRUPTED)
 
 

@@ -185,3 +185,33 @@ def test_a_sink_that_quits_stops_the_segmenting_thread():
     summary = run_loop(CountingCamera(period=0.001), processor, [QuitsAtTheThird()], LoopSettings(overlap=True))
     assert summary.frames == 3
     assert not any(thread.name in ("segment", "capture") for thread in threading.enumerate())
+
+
+def test_ahead_keeps_order_raises_after_the_items_before_and_cleans_up_when_abandoned():
+    from stream.ahead import Ahead
+
+    def failing():
+        yield from range(5)
+        raise ValueError("bad frame")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad frame"):
+        for item in Ahead(failing(), depth=2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+
+    cleaned = threading.Event()
+
+    def endless():
+        try:
+            count = 0
+            while True:
+                yield count
+                count += 1
+        finally:
+            cleaned.set()
+
+    ahead = Ahead(endless(), depth=1, name="endless")
+    assert [item for item, _ in zip(ahead, range(3))] == [0, 1, 2]
+    ahead.close()
+    assert cleaned.is_set() and not any(thread.name == "endless" for thread in threading.enumerate())

@@ -1,0 +1,66 @@
+"""Work one step ahead: a worker thread runs a generator while the caller uses its items.
+
+    frames = Ahead(segmented_frames(source), depth=1)   # the network runs on frame N+1 ...
+    for frame in frames:                                # ... while the caller composites frame N
+        ...
+    frames.close()
+
+The live loop and file mode use it to overlap the network with compositing and writing. The
+torch, ONNX Runtime, OpenCV and FFmpeg calls on either side release the GIL, so the two
+threads run on two cores. Items come in order; at most `depth` wait. What the generator
+raises is raised by the iteration, after the items before it.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+_ITEM, _END, _ERROR = range(3)
+
+
+class Ahead(Generic[T]):
+    def __init__(self, items: Iterator[T], depth: int = 1, name: str = "ahead") -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._abandoned = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                if not self._put(_ITEM, item):
+                    return
+            self._put(_END, None)
+        except BaseException as error:  # handed to the caller's thread, which raises it
+            self._put(_ERROR, error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # an abandoned generator's own clean-up runs here, in its thread
+
+    def _put(self, kind: int, value: object) -> bool:
+        while not self._abandoned.is_set():
+            try:
+                self._queue.put((kind, value), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise value
+            yield value
+
+    def close(self) -> None:
+        """Abandon what has not been taken and wait for the worker to stop (it finishes the
+        item in hand first)."""
+        self._abandoned.set()
+        self._thread.join()
