@@ -235,12 +235,13 @@ def _rounded(values: dict) -> dict:
 
 
 def print_table(runs: list[dict]) -> None:
-    header = f"{'backend':<12} {'size':>9} {'fps':>6} {'src':>5} {'drop':>5} {'cpu%':>5} {'p50':>6} {'p95':>6} {'p99':>6}  stage p50 ms"
+    header = f"{'backend':<12} {'mode':<14} {'size':>9} {'fps':>6} {'src':>5} {'drop':>5} {'cpu%':>5} {'p50':>6} {'p95':>6} {'p99':>6}  stage p50 ms"
     print(header)
     for run in runs:
         latency = run["latency_ms"]
         stages = " ".join(f"{name[:5]} {run['stages'][name]['p50']:.1f}" for name in STAGES)
-        print(f"{run['backend']:<12} {run['size']:>9} {run['fps']:>6.1f} {run['source_fps']:>5.0f} {run['dropped']:>5} "
+        mode = ("paced" if run["paced"] else "unpaced") + (", overlap" if run["overlap"] else "")
+        print(f"{run['backend']:<12} {mode:<14} {run['size']:>9} {run['fps']:>6.1f} {run['source_fps']:>5.0f} {run['dropped']:>5} "
               f"{run['cpu_percent']:>5.0f} {latency['p50']:>6.1f} {latency['p95']:>6.1f} {latency['p99']:>6.1f}  {stages}")
 
 
@@ -301,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deliver frames at the source rate like a camera (default: on)")
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                         help="segment the next frame while this one is composited (default: on)")
-    parser.add_argument("--matrix", action="store_true", help="run every backend × model × size below")
+    parser.add_argument("--matrix", action="store_true", help="run every backend × model × size below, paced and unpaced")
     parser.add_argument("--backends", default="onnxruntime,torch-cpu", help="for --matrix")
     parser.add_argument("--models", default=DEFAULT_MODEL, help="for --matrix and --engine-only")
-    parser.add_argument("--sizes", default="640x480,1280x720", help="for --matrix")
+    parser.add_argument("--sizes", default="640x480,1280x720,1920x1080", help="for --matrix")
     parser.add_argument("--engine-only", action="store_true", help="time the network alone per backend and model")
     parser.add_argument("--iterations", type=int, default=200, help="timed calls per engine in --engine-only")
     parser.add_argument("--json", type=Path, help="write every number here, and a PNG beside it")
@@ -333,13 +334,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = {k: v for k, v in vars(args).items() if k in BenchSettings.__dataclass_fields__}
         if args.matrix:
-            combos = [(b, m, s) for b in args.backends.split(",") for m in args.models.split(",") for s in args.sizes.split(",")]
+            combos = [(b, m, s, p) for b in args.backends.split(",") for m in args.models.split(",")
+                      for s in args.sizes.split(",") for p in (True, False)]
         else:
-            combos = [(args.backend, args.model, args.size)]
+            combos = [(args.backend, args.model, args.size, args.pace)]
         runs = []
-        for backend, model, size in combos:
+        for backend, model, size, pace in combos:
             try:
-                runs.append(run_once(BenchSettings(**base | {"backend": backend, "model": model, "size": size})))
+                runs.append(run_once(BenchSettings(**base | {"backend": backend, "model": model, "size": size, "pace": pace})))
             except (BackendMissing, EngineError) as error:
                 print(f"{backend} {model} {size}: skipped ({error})", file=sys.stderr)
         print_table(runs)
