@@ -50,6 +50,18 @@ def test_a_paced_source_faster_than_the_loop_drops_frames_and_a_slow_one_none(ru
     assert report["dropped"] == 0 and report["frames"] == 6 and report["fps"] < 11
 
 
+def test_the_matrix_runs_each_size_paced_and_unpaced_with_and_without_overlap(run_fps, tmp_path):
+    modes = {}
+    for overlap in ("--overlap", "--no-overlap"):
+        out = tmp_path / f"matrix{overlap}.json"
+        assert run_fps.main(["--matrix", "--backends", "onnxruntime", "--sizes", "160x120,320x240", "--frames", "4",
+                             "--warmup", "1", "--fps", "200", overlap, "--json", str(out)]) == 0
+        for run in json.loads(out.read_text())["runs"]:
+            modes[(run["size"], run["paced"], run["overlap"])] = run["frames"]
+    assert modes == {(size, paced, overlap): 4 for size in ("160x120", "320x240")
+                     for paced in (True, False) for overlap in (True, False)}
+
+
 def test_thresholds_fail_the_exit_code(run_fps, capsys):
     code = run_fps.main(["--source", "synthetic:160x120@30", "--frames", "5", "--warmup", "1", "--no-pace",
                          "--min-fps", "100000"])
