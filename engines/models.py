@@ -11,6 +11,7 @@ from engines.tiramisu import InferenceSpec, weights_header
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "compact"  # real time on two CPU cores: the live loop's default
 FILE_MODEL = "compact-320"  # the same network trained and run at a 320-pixel long side: file mode's default
+# `compact-int8` (an ONNX file only): `compact` quantised to int8 for ONNX Runtime on the CPU.
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,6 @@ def resolve_model(model: str | Path | None) -> ModelFiles:
         return ModelFiles(path.stem, files[".safetensors"], files[".onnx"])
     safetensors, onnx = WEIGHTS_DIR / f"{text}.safetensors", WEIGHTS_DIR / f"{text}.onnx"
     if not safetensors.is_file() and not onnx.is_file():
-        shipped = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+        shipped = sorted({p.stem for p in WEIGHTS_DIR.glob("*.safetensors")} | {p.stem for p in WEIGHTS_DIR.glob("*.onnx")})
         raise FileNotFoundError(f"no model {text!r}: give a .safetensors or .onnx path, or one of {', '.join(shipped)}")
     return ModelFiles(text, safetensors if safetensors.is_file() else None, onnx if onnx.is_file() else None)

@@ -84,6 +84,34 @@ def test_half_export_keeps_float32_io_and_agrees_with_pytorch(model, person, tmp
     assert float(batch_iou(torch.from_numpy(alpha) > 0.5, expected > 0.5)[0]) > 99
 
 
+def test_int8_export_runs_on_onnx_runtime_with_the_models_spec_and_the_same_matte(tmp_path, person):
+    """`--int8 FOLDER`: calibrated on the folder's train images, the spec kept, the matte of
+    the demo portrait within two points of IoU of PyTorch's (six calibration frames here)."""
+    import cv2
+
+    from engines.export import main as export_main
+
+    folder = tmp_path / "calibration"
+    (folder / "images").mkdir(parents=True)
+    frames = DemoSource((320, 240), 30.0, loop=False)
+    for index in range(6):
+        cv2.imwrite(str(folder / "images" / f"{index}.jpg"), cv2.cvtColor(frames.read().image, cv2.COLOR_RGB2BGR))
+    (folder / "train.txt").write_text("\n".join(str(index) for index in range(6)) + "\n")
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes((WEIGHTS_DIR / "compact.safetensors").read_bytes())
+    assert export_main([str(weights), "--int8", str(folder)]) == 0
+    files = resolve_model(tmp_path / "m-int8.onnx")
+    assert files.spec == resolve_model("compact").spec
+    assert {node.op_type for node in onnx.load(str(files.onnx)).graph.node} >= {"QLinearConv", "QuantizeLinear"}
+    segmenter = open_segmenter("onnxruntime", str(files.onnx))
+    with torch.no_grad():
+        expected = load_weights(weights).alpha(person)
+    assert float(batch_iou(segmenter(person) > 0.5, expected > 0.5)[0]) > 98
+    assert export_main([str(weights), "--int8", str(folder)]) == 2  # exists: needs --overwrite
+    assert export_main([str(weights), "--int8", str(folder), "--half", "--overwrite"]) == 2
+    assert export_main([str(weights), "--int8", str(tmp_path / "missing"), "--overwrite"]) == 1
+
+
 def test_tensorrt_onnx_is_exported_once_into_the_cache(tmp_path):
     files = resolve_model("compact")
     half, half_inside = onnx_for_engine(files, half=True, directory=tmp_path)
