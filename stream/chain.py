@@ -13,6 +13,7 @@ import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -140,7 +141,7 @@ class LookAheadChain:
 def prepare_stages(device: torch.device, threads: int = 1) -> None:
     """Set the process up for the per-pixel stages on `device` (the live loop and file mode).
 
-    On the CPU: `threads` torch threads (the network keeps its own), and glibc is stopped
+    On the CPU: `threads` torch and OpenCV threads (the network keeps its own), and glibc is stopped
     from handing each freed frame-sized buffer back to the system. Every full-resolution
     tensor is allocated anew each frame; by default glibc maps such large blocks fresh and
     unmaps them on free, so each one costs page faults. Keeping them halves the compositing
@@ -149,6 +150,7 @@ def prepare_stages(device: torch.device, threads: int = 1) -> None:
     if device.type != "cpu":
         return
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

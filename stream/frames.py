@@ -36,6 +36,9 @@ def preprocess(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return small.float() / 255
 
 
+_MAX_CHANNELS = 128  # OpenCV's float box filter refuses more channels at once
+
+
 def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
     """N×C×h×w → the mean over each (2r+1)² window, averaging only the pixels inside the image.
 
@@ -46,9 +49,12 @@ def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
         return _box_mean_torch(image, radius)
     size = 2 * radius + 1
     batch, channels, height, width = image.shape
-    planes = image.reshape(batch * channels, height, width).permute(1, 2, 0).contiguous().numpy()
-    sums = cv2.boxFilter(planes, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    sums = torch.from_numpy(sums.reshape(height, width, batch * channels)).permute(2, 0, 1)
+    planes = image.to(torch.float32).reshape(batch * channels, height, width).permute(1, 2, 0).contiguous().numpy()
+    sums = np.concatenate([
+        cv2.boxFilter(np.ascontiguousarray(planes[..., start : start + _MAX_CHANNELS]), -1, (size, size),
+                      normalize=False, borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
+        for start in range(0, batch * channels, _MAX_CHANNELS)], axis=2)
+    sums = torch.from_numpy(sums).permute(2, 0, 1)
     return (sums / _window_counts(height, width, radius)).reshape(batch, channels, height, width)
 
 

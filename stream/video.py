@@ -7,8 +7,8 @@
     python -m stream.video talk.mp4 -o matte.mp4 --matte-only      # the matte alone, one channel
 
 File mode never drops a frame. Frames go through the network in batches, and smoothing
-looks one frame ahead as well as one behind. Decoding and the network run in one thread,
-compositing and encoding in another. Timestamps, time base, frame rate, size and
+looks one frame ahead as well as one behind. Decoding and the matte chain run in one
+thread, compositing and encoding in another. Timestamps, time base, frame rate, size and
 rotation are kept; audio and subtitle packets are copied unchanged. The output is written
 to a partial file and renamed into place at the end; Ctrl-C finishes the file with the
 frames done so far.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -145,16 +144,17 @@ class _Output:
 class _Decoding:
     """What the decoding thread tells the writer besides the frames."""
 
-    finishing: threading.Event  # set on the first Ctrl-C: stop reading, finish what was read
     bad_packets: int = 0
 
 
-def _mattes(container, video, others: list, batcher: LookAheadChain, decoding: _Decoding) -> Iterator:
-    """The file in order: (decoded frame, Matte) pairs and the other streams' packets."""
+def _mattes(container, video, others: list, batcher: LookAheadChain, decoding: _Decoding,
+            stopped: Callable[[], bool]) -> Iterator:
+    """The file in order: (decoded frame, Matte) pairs and the other streams' packets. Once
+    `stopped()` (the first Ctrl-C), no more packets are read; the frames read are finished."""
     import av
 
     for packet in container.demux(video, *others):
-        if decoding.finishing.is_set():
+        if stopped():
             break
         if packet.stream.index != video.index:
             if packet.dts is not None:
@@ -190,15 +190,14 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     video.thread_type = "AUTO"
     others = [s for s in container.streams if s.type in ("audio", "subtitle")]
     output = _Output(settings, video, others, background, rgba, on_frame)
-    decoding = _Decoding(threading.Event())
+    decoding = _Decoding()
     batcher = LookAheadChain(MatteChain(segmenter), settings.batch, settings.smooth)
-    items = Ahead(_mattes(container, video, others, batcher, decoding), depth=settings.batch, name="decode")
-    ending = Ending.FAILED
+    items, ending = None, Ending.FAILED
     try:
         with StopRequest() as stop:
+            items = Ahead(_mattes(container, video, others, batcher, decoding, lambda: stop.requested),
+                          depth=settings.batch, name="decode")
             for item in items:
-                if stop.requested:
-                    decoding.finishing.set()
                 if isinstance(item, tuple):
                     output.write(*item)
                 else:
@@ -207,9 +206,11 @@ def process_video(settings: VideoSettings, on_frame: Callable[[int], None] | Non
     except KeyboardInterrupt:  # a second Ctrl-C
         ending = Ending.INTERRUPTED
     finally:
-        items.close()
-        output.close(ending)
-        container.close()
+        with StopRequest():  # one more Ctrl-C while the file is closed is noted, not acted on
+            if items is not None:
+                items.close()
+            output.close(ending)
+            container.close()
     if output.writer is None and ending is Ending.COMPLETE:
         raise SourceUnavailable(f"no frame of {settings.input} could be decoded: nothing written")
     return VideoSummary(output.writer.path if output.writer else None, output.written, decoding.bad_packets,

@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     group = parser.add_argument_group("per-pixel stages")
     group.add_argument("--stage-threads", type=positive_int, default=loop_defaults.stage_threads,
-                       help="CPU threads for the per-pixel stages; one leaves a core to capture and the "
-                            "network's other thread, which beats two busy-waiting pools (default: %(default)s)")
+                       help="CPU threads for the per-pixel stages (default: one beside the network's thread, "
+                            "which beats two pools fighting over two cores; every core when the loop runs in one thread)")
 
     group = parser.add_argument_group("output")
     group.add_argument("--sink", action="append",

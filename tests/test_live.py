@@ -156,20 +156,23 @@ def test_overlap_gives_the_same_frames_in_the_same_order_as_one_thread():
 
 @pytest.mark.parametrize("drop_stale", [False, True])
 def test_an_error_in_the_segmenting_thread_reaches_the_loop_and_the_thread_ends(drop_stale):
-    class FailsAtTheFifthFrame(LeftHalfPerson):
+    """The network fails on the second frame (the camera makes a frame every 10 ms for 0.4 s,
+    so with `drop_stale` a second frame comes too)."""
+    class FailsAtTheSecondFrame(LeftHalfPerson):
         calls = 0
 
         def __call__(self, images):
             self.calls += 1
-            if self.calls == 5:
+            if self.calls == 2:
                 raise RuntimeError("engine lost")
             return super().__call__(images)
 
-    processor = FrameProcessor(MatteChain(FailsAtTheFifthFrame()), [open_background("green")])
+    processor = FrameProcessor(MatteChain(FailsAtTheSecondFrame()), [open_background("green")])
     sink = RecordingSink()
     with pytest.raises(RuntimeError, match="engine lost"):
-        run_loop(CountingCamera(frames=40), processor, [sink], LoopSettings(drop_stale=drop_stale, overlap=True))
-    assert len(sink.frames) == 4
+        run_loop(CountingCamera(frames=40, period=0.01), processor, [sink],
+                 LoopSettings(drop_stale=drop_stale, overlap=True))
+    assert len(sink.frames) == 1
     assert not any(thread.name in ("segment", "capture") for thread in threading.enumerate())
 
 
@@ -215,3 +218,16 @@ def test_ahead_keeps_order_raises_after_the_items_before_and_cleans_up_when_aban
     assert [item for item, _ in zip(ahead, range(3))] == [0, 1, 2]
     ahead.close()
     assert cleaned.is_set() and not any(thread.name == "endless" for thread in threading.enumerate())
+
+
+def test_overlap_reads_at_most_one_frame_ahead_of_the_output():
+    """Frame N+1 is read while frame N is composited, never N+2: a live frame is not taken
+    before it can be used."""
+    class SlowSink(NullSink):
+        def write(self, frame):
+            time.sleep(0.01)
+
+    camera = CountingCamera(frames=1000)
+    processor = FrameProcessor(MatteChain(LeftHalfPerson()), [open_background("green")])
+    summary = run_loop(camera, processor, [SlowSink()], LoopSettings(frames=10, drop_stale=False, overlap=True))
+    assert summary.frames == 10 and camera.made <= 11

@@ -1,7 +1,7 @@
 """Nothing lost: Ctrl-C at random moments keeps every frame counted, in order; an interrupted
 run never replaces a good file; a killed run leaves a file that plays, which the next run keeps.
 
-Frames carry their number as eight black or white squares (the numbered frames of
+Frames carry their number as ten black or white squares (the numbered frames of
 `benchmarks/interrupts.py`), so each output frame can be matched to the source frame it came
 from."""
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_ctrl_c_in_the_loop_keeps_every_frame_counted(tmp_path, suffix):
             summary = run_loop(NumberedSource(), processor, [sink], LoopSettings(drop_stale=False))
         sink.close(Ending.INTERRUPTED if summary.interrupted else Ending.COMPLETE)
         assert summary.interrupted
-        assert [number(frame) for frame in read_frames(out)] == [index % 256 for index in range(summary.frames)]
+        assert [number(frame) for frame in read_frames(out)] == [index % interrupts.FRAMES for index in range(summary.frames)]
 
 
 def test_an_interrupted_overwrite_keeps_the_old_file_and_puts_the_new_frames_beside_it(tmp_path, monkeypatch):

@@ -46,10 +46,11 @@ def test_guided_upsampling_follows_the_frames_edges():
     assert iou(guided, truth) > iou(bilinear, truth) + 1
 
 
-@pytest.mark.parametrize("height, width, radius", [(144, 256, 4), (37, 53, 2), (5, 9, 4)])
-def test_box_mean_averages_only_the_pixels_inside_the_image(height, width, radius):
-    """The CPU's OpenCV box filter against torch's pooling, which the CUDA path runs."""
-    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("batch, height, width, radius", [(2, 144, 256, 4), (2, 37, 53, 2), (2, 5, 9, 4), (200, 9, 16, 2)])
+def test_box_mean_averages_only_the_pixels_inside_the_image(batch, height, width, radius):
+    """The CPU's OpenCV box filter against torch's pooling, which the CUDA path runs (600
+    planes: more than OpenCV takes at once)."""
+    image = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     size = 2 * radius + 1
     rows = F.avg_pool2d(image, (1, size), stride=1, padding=(0, radius), count_include_pad=False)
     expected = F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
