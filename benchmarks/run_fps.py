@@ -12,7 +12,8 @@ the most the loop can do). Warm-up frames are not counted. The JSON holds every 
 the machine; a PNG beside it plots each stage's latency CDF and fps over time. With
 `--min-fps` or `--max-latency-ms` the exit code says whether the loop kept up. `--reference`
 also runs, on the same source and sizes, the MediaPipe selfie loop that the popular Linux
-tools use (`reference_loop`), and reports our fps and latency as ratios to it.
+tools use (`reference_loop`), just before and just after ours at each size, and reports our
+fps and latency as ratios to the mean of the two.
 """
 from __future__ import annotations
 
@@ -212,22 +213,26 @@ def reference_loop(source: str, size: str, frames: int, warmup: int, wheel: Path
             "stages": stages}
 
 
-def compare_with_reference(runs: list[dict], args: argparse.Namespace) -> list[dict]:
-    """The reference loop at each size of `runs`, printed, with our fps and p95 latency as
-    ratios to it (written into our runs too)."""
-    references = []
-    for size in dict.fromkeys(run["size"] for run in runs):
-        reference = reference_loop(args.source, size, args.frames, args.warmup, args.mediapipe)
-        references.append(reference)
-        print(f"reference    {size:>9} {reference['fps']:>6.1f} fps, p95 {reference['latency_ms']['p95']:.1f} ms; "
-              + "stage p50 " + " ".join(f"{name[:5]} {value['p50']:.1f}" for name, value in reference["stages"].items()))
-        for run in (run for run in runs if run["size"] == size):
-            run["reference"] = {"fps_ratio": round(run["fps"] / reference["fps"], 2),
-                                "p95_latency_ratio": round(run["latency_ms"]["p95"] / reference["latency_ms"]["p95"], 2)}
-            paced = "paced" if run["paced"] else "unpaced"
-            print(f"  ours ({run['backend']}, {paced}): {run['reference']['fps_ratio']:.2f}× its fps, "
-                  f"{run['reference']['p95_latency_ratio']:.2f}× its p95 latency")
-    return references
+def bracketed_reference(before: dict, after: dict) -> dict:
+    """One size's reference from its runs before and after ours: the mean fps and p95
+    latency, with both runs kept (their spread shows how steady the machine was)."""
+    return {"size": before["size"], "fps": round((before["fps"] + after["fps"]) / 2, 2),
+            "latency_ms": {"p95": round((before["latency_ms"]["p95"] + after["latency_ms"]["p95"]) / 2, 3)},
+            "before": before, "after": after}
+
+
+def compare(runs: list[dict], reference: dict) -> None:
+    """Print the reference and write our fps and p95 latency as ratios to it into `runs`."""
+    before, after = reference["before"], reference["after"]
+    print(f"reference    {reference['size']:>9} {reference['fps']:>6.1f} fps (before ours {before['fps']:.1f}, "
+          f"after {after['fps']:.1f}), p95 {reference['latency_ms']['p95']:.1f} ms; stage p50 "
+          + " ".join(f"{name[:5]} {value['p50']:.1f}" for name, value in before["stages"].items()))
+    for run in runs:
+        run["reference"] = {"fps_ratio": round(run["fps"] / reference["fps"], 2),
+                            "p95_latency_ratio": round(run["latency_ms"]["p95"] / reference["latency_ms"]["p95"], 2)}
+        mode = ("paced" if run["paced"] else "unpaced") + (", overlap" if run["overlap"] else "")
+        print(f"  ours ({run['model']}, {mode}): {run['reference']['fps_ratio']:.2f}× its fps, "
+              f"{run['reference']['p95_latency_ratio']:.2f}× its p95 latency")
 
 
 def _rounded(values: dict) -> dict:
@@ -338,15 +343,27 @@ def run(args: argparse.Namespace) -> int:
                       for s in args.sizes.split(",") for p in (True, False)]
         else:
             combos = [(args.backend, args.model, args.size, args.pace)]
-        runs = []
-        for backend, model, size, pace in combos:
-            try:
-                runs.append(run_once(BenchSettings(**base | {"backend": backend, "model": model, "size": size, "pace": pace})))
-            except (BackendMissing, EngineError) as error:
-                print(f"{backend} {model} {size}: skipped ({error})", file=sys.stderr)
+        runs, references = [], []
+        for size in dict.fromkeys(size for _, _, size, _ in combos):
+            # The reference runs just before and just after ours at each size, so that a
+            # machine whose speed drifts during the run shows in the spread, not in the ratio.
+            before = reference_loop(args.source, size, args.frames, args.warmup, args.mediapipe) if args.reference else None
+            sized = []
+            for backend, model, _, pace in (combo for combo in combos if combo[2] == size):
+                try:
+                    sized.append(run_once(BenchSettings(**base | {"backend": backend, "model": model, "size": size,
+                                                                   "pace": pace})))
+                except (BackendMissing, EngineError) as error:
+                    print(f"{backend} {model} {size}: skipped ({error})", file=sys.stderr)
+            if args.reference:
+                after = reference_loop(args.source, size, args.frames, args.warmup, args.mediapipe)
+                references.append(bracketed_reference(before, after))
+            runs += sized
         print_table(runs)
+        for reference in references:
+            compare([run for run in runs if run["size"] == reference["size"]], reference)
         if args.reference:
-            report["reference"] = compare_with_reference(runs, args)
+            report["reference"] = references
         if len(runs) == 1:
             report |= {k: v for k, v in runs[0].items()}
         else:

@@ -105,3 +105,16 @@ def test_the_reference_loop_without_its_model_says_how_to_get_it(run_fps, tmp_pa
     error = capsys.readouterr().err
     assert code == 1 and "Traceback" not in error
     assert error.strip().splitlines()[-1].startswith("error: --reference needs") and "pip download" in error
+
+
+def test_the_reference_is_the_mean_of_its_runs_before_and_after_ours(run_fps, capsys):
+    def reference(fps, p95):
+        return {"size": "640x480", "fps": fps, "latency_ms": {"p95": p95}, "stages": {"capture": {"p50": 1.0}}}
+
+    bracketed = run_fps.bracketed_reference(reference(200.0, 4.0), reference(100.0, 8.0))
+    assert bracketed["fps"] == 150.0 and bracketed["latency_ms"]["p95"] == 6.0
+    assert (bracketed["before"]["fps"], bracketed["after"]["fps"]) == (200.0, 100.0)
+    ours = {"model": "compact", "paced": False, "overlap": True, "fps": 225.0, "latency_ms": {"p95": 3.0}}
+    run_fps.compare([ours], bracketed)
+    assert ours["reference"] == {"fps_ratio": 1.5, "p95_latency_ratio": 0.5}
+    assert "before ours 200.0, after 100.0" in capsys.readouterr().out
