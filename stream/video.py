@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from engines.cli import StopRequest, add_model_arguments, run_cli
 from engines.errors import BadArgument
-from engines.models import FILE_MODEL
+from engines.models import DEFAULT_MODEL
 from engines.segmenter import open_segmenter
 from stream.backgrounds import open_background
 from stream.ahead import Ahead
@@ -52,7 +52,7 @@ class VideoSettings:
     smooth: float = DEFAULT_STRENGTH
     quality: int = 18  # x264 CRF (VP9: +13)
     backend: str = "auto"
-    model: str = FILE_MODEL
+    model: str = DEFAULT_MODEL
     threads: int = 2
 
 
