@@ -141,15 +141,17 @@ class LookAheadChain:
 def prepare_stages(device: torch.device, threads: int = 1) -> None:
     """Set the process up for the per-pixel stages on `device` (the live loop and file mode).
 
-    On the CPU: `threads` torch and OpenCV threads (the network keeps its own), and glibc is stopped
-    from handing each freed frame-sized buffer back to the system. Every full-resolution
-    tensor is allocated anew each frame; by default glibc maps such large blocks fresh and
-    unmaps them on free, so each one costs page faults. Keeping them halves the compositing
-    time at 1280x720. Without glibc that part does nothing.
+    On the CPU: `threads` OpenCV threads for the full-resolution passes and one torch thread
+    for the network-size work (more only adds overhead there; the network keeps its own
+    threads). And glibc is stopped from handing each freed frame-sized buffer back to the
+    system: every full-resolution array is allocated anew each frame, and by default glibc
+    maps such large blocks fresh and unmaps them on free, so each one costs page faults.
+    Keeping them halves the compositing time at 1280x720. Without glibc that part does
+    nothing.
     """
     if device.type != "cpu":
         return
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     cv2.setNumThreads(threads)
     try:
         libc = ctypes.CDLL("libc.so.6")
