@@ -33,6 +33,7 @@ from engines.cli import run_cli
 from engines.data import read_split
 from engines.errors import BadArgument, EngineError, UnusableInput
 from engines.imaging import read_rgb
+from engines.metrics import batch_iou
 from engines.tiramisu import InferenceSpec, Tiramisu, load_weights, weights_header
 
 
@@ -104,9 +105,9 @@ def calibration_images(folder: Path, spec: InferenceSpec, count: int = CALIBRATI
 
 
 def export_int8(model: Tiramisu, path: Path | str, calibration: list[np.ndarray], spec: InferenceSpec) -> Path:
-    """Write an int8 model for ONNX Runtime's CPU provider to `path` atomically: QDQ format,
-    weights per channel in 7 bits (`reduce_range`: no overflow on CPUs without VNNI), uint8
-    activations with ranges from `calibration`."""
+    """Write an int8 model for ONNX Runtime's CPU provider to `path` (the caller checks it
+    before giving it its name): QDQ format, weights per channel in 7 bits (`reduce_range`: no
+    overflow on CPUs without VNNI), uint8 activations with ranges from `calibration`."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -135,10 +136,7 @@ def export_int8(model: Tiramisu, path: Path | str, calibration: list[np.ndarray]
             root.setLevel(level)
         proto = onnx.load(str(quantized))
         onnx.helper.set_model_props(proto, {"inference": spec.to_json()})
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".onnx.part")
-        with os.fdopen(handle, "wb") as file:
-            file.write(proto.SerializeToString())
-        os.replace(temporary, path)
+        onnx.save(proto, str(path))
     return path
 
 
@@ -163,10 +161,9 @@ def onnx_agreement(model: Tiramisu, path: Path | str, images: list[np.ndarray]) 
     scores = []
     for image in images:
         with torch.no_grad():
-            expected = model.eval().alpha(torch.from_numpy(image)).numpy() > 0.5
-        actual = session.run(["alpha"], {"image": image})[0] > 0.5
-        union = (actual | expected).sum()
-        scores.append(100.0 * (actual & expected).sum() / union if union else 100.0)
+            expected = model.eval().alpha(torch.from_numpy(image)) > 0.5
+        actual = torch.from_numpy(session.run(["alpha"], {"image": image})[0]) > 0.5
+        scores.append(float(batch_iou(actual, expected)[0]))
     return float(np.mean(scores))
 
 

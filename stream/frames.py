@@ -8,6 +8,8 @@ about once per stage, with no float copy of a picture.
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -64,8 +66,9 @@ def _box_mean_torch(image: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
 
 
+@functools.lru_cache(maxsize=8)
 def _window_counts(height: int, width: int, radius: int) -> torch.Tensor:
-    """h×w: how many pixels of the image each (2r+1)² window covers."""
+    """h×w: how many pixels of the image each (2r+1)² window covers (made once per size)."""
     def along(length: int) -> torch.Tensor:
         index = torch.arange(length)
         return (index.clamp(max=radius) + (length - 1 - index).clamp(max=radius) + 1).to(torch.float32)

@@ -7,9 +7,9 @@ and, with a GPU segmenter, entirely on the GPU (one upload, one download per fra
 
 With `overlap` (the default) the work is split in two threads, one frame apart: a worker
 reads and segments frame N+1 (capture → preprocess → infer) while the loop's own thread
-smooths, upsamples, composites and writes frame N. A queue of one sits between them, so frames
-keep their order, and the next frame is read only when the last one is taken. On two CPU
-cores this gives 15–37 % more frames per second than one thread (`benchmarks/results/`). On
+smooths, upsamples, composites and writes frame N (`stream.ahead.Ahead`): frames keep their
+order, and the next frame is read only when the last one is taken. On two CPU cores this
+gives 10–40 % more frames per second than one thread, measured side by side. On
 a GPU the loop keeps one thread: the device already runs asynchronously, and two threads on
 one CUDA stream would only wait for each other (not measured yet).
 """
