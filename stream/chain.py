@@ -20,7 +20,7 @@ import torch
 from engines.segmenter import Segmenter
 from engines.tiramisu import InferenceSpec
 from stream.frames import guided_upsample, preprocess, upload
-from stream.smoothing import TemporalSmoother, smooth_window
+from stream.smoothing import HYSTERESIS, Hysteresis, TemporalSmoother, smooth_window
 
 
 @dataclass
@@ -66,7 +66,7 @@ class MatteChain:
     def upsample(self, prepared: NetworkInput, small_alpha: torch.Tensor) -> Matte:
         """The network-size matte brought to the frame with the guided filter."""
         alpha = guided_upsample(small_alpha, prepared.small, prepared.frame, self.spec.upsample_radius,
-                                self.spec.upsample_eps)
+                                self.spec.upsample_eps, self.spec.upsample_contrast)
         return Matte(prepared.frame, prepared.small, small_alpha, alpha)
 
     def segment(self, image: np.ndarray,
@@ -97,14 +97,15 @@ class LookAheadChain:
     `batch` frames, each matte smoothed in order as live (`TemporalSmoother`), then once more
     with its previous and next neighbours (`smooth_window`, at half the strength: at full
     strength the look-ahead trails moving edges by more than a point of IoU on the masked
-    clips); `strength` 0 turns both off.
+    clips), then through `Hysteresis`; `strength` 0 turns all three off.
     `add(tag, image)` returns the (tag, Matte) pairs released so far, in order (a frame waits
     for its next neighbour); `finish()` the rest. `tag` is the caller's (file mode passes the
     decoded frame, for its timestamp)."""
 
     def __init__(self, chain: MatteChain, batch: int, strength: float) -> None:
         self.chain, self.batch, self.strength = chain, batch, strength
-        self.smoother = TemporalSmoother(strength)
+        self.smoother = TemporalSmoother(strength, hysteresis=False)
+        self.hysteresis = Hysteresis(HYSTERESIS if strength else 0.0)
         self.waiting: list = []  # (tag, NetworkInput) not yet through the network
         self.frames: list = []  # (tag, NetworkInput, small alpha) through the network
         self.started = False
@@ -135,7 +136,8 @@ class LookAheadChain:
         released = run[1:-1]
         self.started = True
         self.frames = run[-2:]  # the newest frame waits for its next neighbour
-        return [(tag, self.chain.upsample(prepared, smoothed[i : i + 1])) for i, (tag, prepared, _) in enumerate(released)]
+        return [(tag, self.chain.upsample(prepared, self.hysteresis(smoothed[i : i + 1])))
+                for i, (tag, prepared, _) in enumerate(released)]
 
 
 def prepare_stages(device: torch.device, threads: int = 1) -> None:

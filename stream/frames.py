@@ -77,7 +77,8 @@ def _window_counts(height: int, width: int, radius: int) -> torch.Tensor:
 
 
 def guided_upsample(
-    alpha: torch.Tensor, small_image: torch.Tensor, frame: torch.Tensor, radius: int = 4, eps: float = 1e-3
+    alpha: torch.Tensor, small_image: torch.Tensor, frame: torch.Tensor, radius: int = 4, eps: float = 1e-3,
+    contrast: float = 1.0,
 ) -> torch.Tensor:
     """Edge-aware upsampling of a low-resolution matte to the frame (fast guided filter).
 
@@ -87,6 +88,9 @@ def guided_upsample(
     channel in one pass, so edges follow the frame's real edges (hair, fingers) instead of
     the network's coarse grid. Returns H×W×1 float32 in [0, 1]. The radius (in network
     pixels) was chosen on the portraits' validation split: 4 beat 1–3 on IoU and boundary F.
+    `contrast` steepens the matte about 0.5 (alpha − 0.5 is multiplied by it before clipping),
+    folded into the coefficients, so it costs nothing; 0.5 stays 0.5, so what is person at
+    0.5 does not change.
 
     On the CPU the full-resolution pass runs in OpenCV (bilinear resize of the two
     coefficient maps, one multiply-add): a third of torch's time at 1280x720.
@@ -98,6 +102,8 @@ def guided_upsample(
     variance = means[:, 3:4] - mean_guide * mean_guide
     scale = covariance / (variance + eps) / 255  # per 0–255 level of the frame's green
     offset = mean_alpha - scale * 255 * mean_guide
+    if contrast != 1:
+        scale, offset = scale * contrast, (offset - 0.5) * contrast + 0.5
     height, width = frame.shape[:2]
     if frame.is_cuda:
         coefficients = F.interpolate(torch.cat([scale, offset], 1), size=(height, width), mode="bilinear",

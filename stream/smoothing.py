@@ -10,9 +10,13 @@ the flow is not computed (it would cost a round trip to the host): the blend is 
 plain change of the image, as for a still camera. Across a cut (the whole frame changed)
 nothing is blended.
 
-State is explicit: the previous matte and the previous image, cleared by `reset()`, which
-the loop calls when the source restarts; a change of size resets it too. File mode, which
-can look ahead, uses `smooth_window`.
+After smoothing, `Hysteresis` remembers which pixels are shown, so that a region whose
+probability hovers about 0.5 does not blink: a pixel turns on above 0.5 + `HYSTERESIS` and
+off below 0.5 − `HYSTERESIS`.
+
+State is explicit: the previous matte and the previous image, and the shown pixels, cleared
+by `reset()`, which the loop calls when the source restarts; a change of size resets it too.
+File mode, which can look ahead, uses `smooth_window`, then its own `Hysteresis`.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ FLOW_MISMATCH, STILL_MISMATCH = 0.15, 0.06
 # consecutive frames of the masked clips stay below 0.025 after alignment, cuts between them
 # are above 0.09.
 SHOT_CHANGE = 0.06
+HYSTERESIS = 0.075  # how far past 0.5 a pixel's probability must go to turn it on or off
 
 
 def luma(image: torch.Tensor) -> torch.Tensor:
@@ -95,19 +100,49 @@ def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = 
     return total / weights
 
 
+class Hysteresis:
+    """Per-pixel memory of what was shown. A pixel is shown once its probability exceeds
+    0.5 + `margin`, and until it falls below 0.5 − `margin`. Each matte is remapped so that
+    0.5, where the upsampling's contrast turns, falls at that pixel's threshold: 0.5 − `margin`
+    for shown pixels, 0.5 + `margin` for the others (piecewise linear, 0 and 1 kept). The
+    first matte, and one of another size, pass as they are and start the memory at 0.5."""
+
+    def __init__(self, margin: float = HYSTERESIS) -> None:
+        self.margin = margin
+        self.shown: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.shown = None
+
+    def __call__(self, alpha: torch.Tensor) -> torch.Tensor:
+        if self.margin == 0:
+            return alpha
+        if self.shown is None or self.shown.shape != alpha.shape:
+            self.shown = alpha > 0.5
+            return alpha
+        self.shown = (alpha > 0.5 + self.margin) | (self.shown & (alpha >= 0.5 - self.margin))
+        threshold = torch.where(self.shown, 0.5 - self.margin, 0.5 + self.margin)
+        below = alpha * (0.5 / threshold)
+        above = 0.5 + (alpha - threshold) * (0.5 / (1 - threshold))
+        return torch.where(alpha < threshold, below, above)
+
+
 class TemporalSmoother:
-    def __init__(self, strength: float = DEFAULT_STRENGTH) -> None:
+    def __init__(self, strength: float = DEFAULT_STRENGTH, hysteresis: bool = True) -> None:
         """`strength` in [0, 1): the previous matte's weight where it matches and agrees (0
-        turns smoothing off)."""
+        turns smoothing off, and the hysteresis with it). `hysteresis`: shift the output by
+        `Hysteresis` (file mode applies its own after the look-ahead)."""
         if not 0 <= strength < 1:
             raise ValueError(f"smoothing strength must be in [0, 1), not {strength}")
         self.strength = strength
+        self.hysteresis = Hysteresis(HYSTERESIS if strength and hysteresis else 0.0)
         self.previous_alpha: torch.Tensor | None = None
         self.previous_luma: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.previous_alpha = None
         self.previous_luma = None
+        self.hysteresis.reset()
 
     def __call__(self, alpha: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """alpha N×1×h×w and the network input image N×3×h×w (both in [0, 1]) → smoothed alpha."""
@@ -121,4 +156,4 @@ class TemporalSmoother:
             weight = neighbour_weight(alpha, luminance, previous_alpha, previous_luma, self.strength, mismatch)
             smoothed = torch.lerp(alpha, previous_alpha, weight)
         self.previous_alpha, self.previous_luma = smoothed, luminance
-        return smoothed
+        return self.hysteresis(smoothed)

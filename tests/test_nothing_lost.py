@@ -126,7 +126,7 @@ def test_a_killed_run_leaves_a_file_that_plays_and_the_next_run_keeps_it(tmp_pat
     command = [sys.executable, "-m", "stream.video", str(clip), "-o", str(out), "--bg", "green"]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
     partial, deadline = partial_path(out), time.monotonic() + 120
-    while (not partial.exists() or partial.stat().st_size < 20_000) and time.monotonic() < deadline:
+    while (not partial.exists() or partial.stat().st_size < 8_000) and time.monotonic() < deadline:
         time.sleep(0.05)
     process.kill()
     process.wait()

@@ -13,7 +13,7 @@ from engines.imaging import cover, network_size
 from stream.backgrounds import BlurBackground
 from stream.backgrounds import ColourBackground, ImageBackground
 from stream.frames import blend, box_mean, guided_upsample, preprocess, resize_image
-from stream.smoothing import TemporalSmoother, smooth_window
+from stream.smoothing import Hysteresis, TemporalSmoother, smooth_window
 
 
 def test_network_size_keeps_orientation_and_aspect():
@@ -74,6 +74,8 @@ def test_guided_upsampling_on_the_cpu_is_the_fast_guided_filter():
     actual = guided_upsample(small_alpha, small, frame, radius, eps)
     assert actual.shape == (90, 160, 1) and actual.dtype == torch.float32
     assert torch.allclose(actual[..., 0], expected, atol=1e-4)
+    steeper = ((up(a) * frame[:, :, 1].float() / 255 + up(b) - 0.5) * 1.5 + 0.5).clamp(0, 1)
+    assert torch.allclose(guided_upsample(small_alpha, small, frame, radius, eps, 1.5)[..., 0], steeper, atol=1e-4)
 
 
 def test_blend_on_the_cpu_rounds_the_convex_blend():
@@ -176,6 +178,21 @@ def test_smoother_shows_what_appears_at_once_and_forgets_across_a_cut():
     cut = textured(torch.Generator().manual_seed(3))
     fresh = torch.full((1, 1, 72, 128), 0.8)
     assert torch.allclose(smoother(fresh, cut), fresh, atol=0.05)
+
+
+def test_hysteresis_keeps_a_region_hovering_about_one_half_from_blinking():
+    hysteresis = Hysteresis(0.1)
+    hovering = [0.45, 0.55, 0.45, 0.55, 0.7, 0.45, 0.55, 0.42, 0.35, 0.55, 0.45]
+    shown = [bool(hysteresis(torch.full((1, 1, 4, 4), value))[0, 0, 0, 0] > 0.5) for value in hovering]
+    # hidden until it passes 0.6, then shown until it falls below 0.4
+    assert shown == [False, False, False, False, True, True, True, True, False, False, False]
+    # confident values barely move; 0 and 1 stay
+    confident = torch.tensor([0.0, 0.1, 0.9, 1.0]).view(1, 1, 1, 4)
+    hysteresis.reset()
+    hysteresis(confident)
+    remapped = hysteresis(confident)
+    assert remapped[0, 0, 0, [0, 3]].tolist() == [0.0, 1.0]
+    assert torch.allclose(remapped, confident, atol=0.02) and not torch.equal(remapped, confident)
 
 
 def test_smoother_reset_and_size_change_forget_the_past():
