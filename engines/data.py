@@ -164,6 +164,7 @@ class AugmentSettings:
     noise: float = 0.3
     uneven_light: float = 0.4
     dark_clothes: float = 0.2
+    shadow: float = 0.3  # chance of the person's shadow on the ground or on a wall behind
 
 
 class _Draw:
@@ -236,6 +237,34 @@ def _darken_clothes(image: torch.Tensor, person: torch.Tensor, settings: Augment
     return image * (1 - darken * draw.uniform(0.5, 0.9).view(n, 1, 1, 1))
 
 
+def _cast_shadow(image: torch.Tensor, person: torch.Tensor, settings: AugmentSettings, draw: _Draw) -> torch.Tensor:
+    """By chance, the person's shadow, labelled background: half of them on a wall behind
+    (the silhouette moved aside and a little up or down), half on the ground (the silhouette
+    flipped about the feet, flattened and slanted). Soft-edged, darkening by 30–65 %."""
+    n, (out_h, out_w), device = image.shape[0], image.shape[-2:], image.device
+    ys = torch.linspace(-1, 1, out_h, device=device).view(1, 1, out_h, 1)
+    person_rows = (person.amax(dim=3, keepdim=True) > 0.5).float()
+    feet = (person_rows * (ys + 1)).amax(dim=2).view(n) - 1  # last person row, −1 to 1
+    ground = draw.chance(0.5).view(n)
+    side = torch.where(draw.chance(0.5).view(n) > 0, 1.0, -1.0)
+    flatten, slant = draw.uniform(0.3, 0.8), draw.uniform(-1.5, 1.5)
+    theta = torch.zeros(n, 2, 3, device=device)
+    # The wall: source = output moved aside by 10–40 % of the frame and up or down by up to 5 %.
+    theta[:, 0, 0], theta[:, 1, 1] = 1.0, 1.0
+    theta[:, 0, 2] = (1 - ground) * side * draw.uniform(0.2, 0.8)
+    theta[:, 1, 2] = (1 - ground) * draw.uniform(-0.1, 0.1)
+    # The ground: below the feet, source row = feet − (row − feet) / flatten, slanted sideways.
+    theta[:, 0, 1] = ground * -slant
+    theta[:, 0, 2] += ground * slant * feet
+    theta[:, 1, 1] = ground * (-1 / flatten) + (1 - ground)
+    theta[:, 1, 2] += ground * feet * (1 + 1 / flatten)
+    grid = F.affine_grid(theta, [n, 1, out_h, out_w], align_corners=False)
+    shadow = F.grid_sample(person, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    shadow = _blur(shadow, draw.uniform(1.0, 3.0)) * (1 - person)
+    strength = draw.chance(settings.shadow) * draw.uniform(0.3, 0.65).view(n, 1, 1, 1)
+    return image * (1 - strength * shadow)
+
+
 def _relight(image: torch.Tensor, settings: AugmentSettings, draw: _Draw) -> torch.Tensor:
     """Exposure, contrast, gamma, saturation, colour cast and, by chance, uneven light."""
     n, (out_h, out_w), device = image.shape[0], image.shape[-2:], image.device
@@ -276,6 +305,7 @@ def augment(
     image, mask, inside = _warp(images.float() / 255, masks.float() / 255, out_size, settings, draw)
     image, mask = _replace_background(image, mask, inside, settings, backgrounds, draw)
     image = _darken_clothes(image, mask[:, :1], settings, draw)
+    image = _cast_shadow(image, mask[:, :1], settings, draw)
     image = _relight(image, settings, draw)
     # Camera: blur and sensor noise.
     image = _blur(image, draw.chance(settings.blur).view(n) * draw.uniform(0.5, 2.0))

@@ -37,10 +37,6 @@ class TiramisuConfig:
     stem_stride: int = 1  # 1, 2 or 4: strided 3×3 convolutions before the first dense block
     dropout: float = 0.2
     classes: int = 2
-    # Channels of the edge head (0: none), for a stride-4 stem: three 3×3 convolutions at half
-    # the input's resolution that read the upsampled matte and the stem's first features and
-    # correct the matte's edges, which the classifier's quarter-resolution grid leaves soft.
-    refine_channels: int = 0
 
     @property
     def up_layers(self) -> tuple[int, ...]:
@@ -94,11 +90,6 @@ PRESETS: dict[str, TiramisuConfig] = {
     "compact": TiramisuConfig(
         down_layers=(3, 3, 3, 3), bottleneck_layers=3, growth=12, first_channels=32,
         stem_stride=4, dropout=0.0,
-    ),
-    # `compact` with an 8-channel edge head: about 23 MFLOPs more at 256×192.
-    "compact-edge": TiramisuConfig(
-        down_layers=(3, 3, 3, 3), bottleneck_layers=3, growth=12, first_channels=32,
-        stem_stride=4, dropout=0.0, refine_channels=8,
     ),
 }
 
@@ -168,25 +159,6 @@ def _stem(config: TiramisuConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _edge_head(config: TiramisuConfig) -> nn.Sequential | None:
-    """The matte and the stem's half-resolution features → a correction of the logits'
-    difference. The last convolution starts at zero, so a network given the head starts as it
-    was without it."""
-    if not config.refine_channels:
-        return None
-    if config.stem_stride != 4:
-        raise ValueError("an edge head needs a stride-4 stem, whose first stage it reads")
-    width = config.refine_channels
-    last = nn.Conv2d(width, 1, 3, padding=1)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(
-        nn.Conv2d(1 + config.first_channels // 2, width, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-        last,
-    )
-
-
 class Tiramisu(nn.Module):
     """FC-DenseNet. Input N×3×H×W RGB in [0, 1]; output N×classes×H×W logits."""
 
@@ -222,7 +194,6 @@ class Tiramisu(nn.Module):
             new_channels = layers * growth
         # The last block keeps its input as well as its new maps for the classifier.
         self.classifier = nn.Conv2d(channels + new_channels, config.classes, 1)
-        self.edge = _edge_head(config)
 
     @classmethod
     def from_preset(cls, name: str) -> "Tiramisu":
@@ -233,16 +204,9 @@ class Tiramisu(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _logits(self, image: torch.Tensor, difference: bool) -> torch.Tensor:
-        """The two logits at the input's resolution, or (`difference`) only person − background,
-        which is taken before the upsampling (the two commute), so that one map is upsampled
-        instead of two."""
-        x = (image - self.mean) / self.std
-        if self.edge is None:
-            x = self.stem(x)
-        else:
-            half = self.stem[:3](x)  # the stem's first stage, at half resolution
-            x = self.stem[3:](half)
+    def _coarse_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits at the classifier's resolution (1/`stem_stride` of the input)."""
+        x = self.stem((image - self.mean) / self.std)
         skips: list[torch.Tensor] = []
         for block, down in zip(self.down_blocks, self.transitions_down):
             x = torch.cat([x, block(x)], dim=1)
@@ -253,28 +217,25 @@ class Tiramisu(nn.Module):
             upsampled = up(new)[:, :, : skip.shape[2], : skip.shape[3]]
             x = torch.cat([upsampled, skip], dim=1)
             new = block(x)
-        maps = self.classifier(torch.cat([x, new], dim=1))
-        if difference:
-            maps = maps[:, 1:2] - maps[:, 0:1]
-        if self.edge is not None:
-            maps = F.interpolate(maps, size=half.shape[-2:], mode="bilinear", align_corners=False)
-            person = maps if difference else maps[:, 1:2] - maps[:, 0:1]
-            correction = self.edge(torch.cat([torch.sigmoid(person), half], 1))
-            maps = maps + (correction if difference else torch.cat([-correction / 2, correction / 2], 1))
+        return self.classifier(torch.cat([x, new], dim=1))
+
+    def _to_input_size(self, maps: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         if self.config.stem_stride == 1:
             return maps
         return F.interpolate(maps, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self._logits(image, difference=False)
+        return self._to_input_size(self._coarse_logits(image), image)
 
     def alpha(self, image: torch.Tensor) -> torch.Tensor:
         """Person probability N×1×H×W in [0, 1]: the softmax of two classes, computed as the
-        sigmoid of the logits' difference, so that no softmax runs at the input's resolution
-        (15 % of the compact network's time on ONNX Runtime)."""
+        sigmoid of the logits' difference. The difference is taken before the upsampling
+        (the two commute), so one map is upsampled instead of two and no softmax runs at the
+        input's resolution: 15 % of the compact network's time on ONNX Runtime."""
         if self.config.classes != 2:
             raise ValueError(f"alpha needs a two-class network, not {self.config.classes} classes")
-        return torch.sigmoid(self._logits(image, difference=True))
+        logits = self._coarse_logits(image)
+        return torch.sigmoid(self._to_input_size(logits[:, 1:2] - logits[:, 0:1], image))
 
 
 def save_weights(model: Tiramisu, path: Path | str, spec: InferenceSpec = InferenceSpec(), **metadata: str) -> None:

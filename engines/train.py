@@ -17,8 +17,7 @@ pool; each sample of a batch comes from a pool drawn by its share (default: by p
 `ignore/` pixels are left out of the loss and of validation. `--paste-people` pastes the
 person of one sample over another, so frames hold several people from different folders.
 `--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
-`--init` starts from trained weights of the same preset (or of the preset without its edge
-head, which then starts as no change).
+`--init` starts from trained weights of the same preset.
 
 Each pool is validated on its `val.txt`, or on a fixed tenth held out of `train.txt` where it
 has none. The rule for the checkpoint kept as `best.safetensors`: the highest mean of the
@@ -37,7 +36,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -193,21 +192,13 @@ def draw_batch(pools: list[Pool], shares: torch.Tensor, landscape_shares: torch.
 
 
 def open_model(settings: TrainSettings) -> Tiramisu:
-    """A new network of the preset, or the `--init` weights: of that preset, or of the preset
-    without its edge head (which then starts as no change)."""
+    """A new network of the preset, or the `--init` weights (which must be of that preset)."""
     if not settings.init:
         return Tiramisu.from_preset(settings.preset)
     model = load_weights(settings.init)
-    config = PRESETS[settings.preset]
-    if model.config == config:
-        return model
-    if model.config != replace(config, refine_channels=0):
+    if model.config != PRESETS[settings.preset]:
         raise BadArgument(f"--init {settings.init} is not a {settings.preset!r} network; pass its --preset")
-    grown = Tiramisu(config)
-    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not name.startswith("edge.") for name in missing):
-        raise BadArgument(f"--init {settings.init} does not fit {settings.preset!r}")
-    return grown
+    return model
 
 
 def make_optimizer(model: Tiramisu, settings: TrainSettings, steps_per_epoch: int):

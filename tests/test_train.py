@@ -82,3 +82,20 @@ def test_paste_people_adds_the_other_samples_person_and_keeps_both_labelled():
     assert (labels[:, 0, :, :3] == 1).all() and (labels[:, 0, :, 7:] == 1).all() and (labels[:, 0, :, 3:7] == 0).all()
     assert (pasted[0, :, :, 7:] == 0.5).all() and (pasted[1, :, :, :3] == 1.0).all()
     assert not labels[:, 1].any()
+
+
+def test_cast_shadows_fall_beside_or_below_the_person_and_never_on_it():
+    """A standing block of a person in mid-frame: every drawn shadow darkens only pixels
+    outside the person, wall shadows beside it, ground shadows below its feet."""
+    from engines.data import AugmentSettings, _cast_shadow, _Draw
+
+    person = torch.zeros(64, 1, 64, 48)
+    person[:, :, 10:40, 20:28] = 1
+    draw = _Draw(64, torch.Generator().manual_seed(0), "cpu")
+    shaded = _cast_shadow(torch.ones(64, 3, 64, 48), person, AugmentSettings(shadow=1.0), draw)
+    darkened = (shaded[:, 0] < 0.99).float()
+    assert (darkened * person[:, 0]).sum() == 0
+    assert 0.3 <= (1 - shaded).amax() <= 0.65
+    below_feet = darkened[:, 42:].sum((1, 2)) > 0
+    beside = darkened[:, 10:40, :16].sum((1, 2)) + darkened[:, 10:40, 32:].sum((1, 2)) > 0
+    assert below_feet.any() and beside.any() and (below_feet | beside).all()
