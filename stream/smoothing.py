@@ -36,7 +36,7 @@ FLOW_MISMATCH, STILL_MISMATCH = 0.15, 0.06
 # consecutive frames of the masked clips stay below 0.025 after alignment, cuts between them
 # are above 0.09.
 SHOT_CHANGE = 0.06
-HYSTERESIS = 0.075  # how far past 0.5 a pixel's probability must go to turn it on or off
+HYSTERESIS = 0.05  # how far past 0.5 a pixel's probability must go to turn it on or off
 
 
 def luma(image: torch.Tensor) -> torch.Tensor:
