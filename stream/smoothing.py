@@ -130,8 +130,8 @@ class Hysteresis:
 class TemporalSmoother:
     def __init__(self, strength: float = DEFAULT_STRENGTH, hysteresis: bool = True) -> None:
         """`strength` in [0, 1): the previous matte's weight where it matches and agrees (0
-        turns smoothing off, and the hysteresis with it). `hysteresis`: shift the output by
-        `Hysteresis` (file mode applies its own after the look-ahead)."""
+        turns smoothing off, and the hysteresis with it). `hysteresis`: pass the output
+        through a `Hysteresis` (file mode applies its own after the look-ahead)."""
         if not 0 <= strength < 1:
             raise ValueError(f"smoothing strength must be in [0, 1), not {strength}")
         self.strength = strength
