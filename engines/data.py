@@ -240,11 +240,12 @@ def _darken_clothes(image: torch.Tensor, person: torch.Tensor, settings: Augment
 def _cast_shadow(image: torch.Tensor, person: torch.Tensor, settings: AugmentSettings, draw: _Draw) -> torch.Tensor:
     """By chance, the person's shadow, labelled background: half of them on a wall behind
     (the silhouette moved aside and a little up or down), half on the ground (the silhouette
-    flipped about the feet, flattened and slanted). Soft-edged, darkening by 30–65 %."""
+    flipped about the feet, flattened and slanted; outside the frame where the feet are at its
+    bottom edge). Soft-edged, darkening by 30–65 %."""
     n, (out_h, out_w), device = image.shape[0], image.shape[-2:], image.device
-    ys = torch.linspace(-1, 1, out_h, device=device).view(1, 1, out_h, 1)
+    ys = ((2 * torch.arange(out_h, device=device) + 1) / out_h - 1).view(1, 1, out_h, 1)  # row centres
     person_rows = (person.amax(dim=3, keepdim=True) > 0.5).float()
-    feet = (person_rows * (ys + 1)).amax(dim=2).view(n) - 1  # last person row, −1 to 1
+    feet = (person_rows * (ys + 1)).amax(dim=2).view(n) - 1  # the last person row's centre, −1 to 1
     ground = draw.chance(0.5).view(n)
     side = torch.where(draw.chance(0.5).view(n) > 0, 1.0, -1.0)
     flatten, slant = draw.uniform(0.3, 0.8), draw.uniform(-1.5, 1.5)

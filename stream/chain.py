@@ -20,7 +20,7 @@ import torch
 from engines.segmenter import Segmenter
 from engines.tiramisu import InferenceSpec
 from stream.frames import guided_upsample, preprocess, upload
-from stream.smoothing import HYSTERESIS, Hysteresis, TemporalSmoother, smooth_window
+from stream.smoothing import HYSTERESIS, Hysteresis, TemporalSmoother, luma, smooth_window
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Matte:
 
     frame: torch.Tensor  # H×W×3 uint8
     small: torch.Tensor  # 1×3×h×w network input in [0, 1]
-    small_alpha: torch.Tensor  # 1×1×h×w matte at the network's size, smoothed
+    small_alpha: torch.Tensor  # 1×1×h×w matte at the network's size, smoothed and through the hysteresis
     alpha: torch.Tensor  # H×W×1 float32 matte in [0, 1]
 
 
@@ -94,7 +94,8 @@ class MatteChain:
 
 class LookAheadChain:
     """File mode's chain: the steps of `MatteChain`, with the segmenter called on batches of
-    `batch` frames, each matte smoothed in order as live (`TemporalSmoother`), then once more
+    `batch` frames, each matte smoothed in order as live (`TemporalSmoother`, without its
+    hysteresis), then once more
     with its previous and next neighbours (`smooth_window`, at half the strength: at full
     strength the look-ahead trails moving edges by more than a point of IoU on the masked
     clips), then through `Hysteresis`; `strength` 0 turns all three off.
@@ -136,7 +137,7 @@ class LookAheadChain:
         released = run[1:-1]
         self.started = True
         self.frames = run[-2:]  # the newest frame waits for its next neighbour
-        return [(tag, self.chain.upsample(prepared, self.hysteresis(smoothed[i : i + 1])))
+        return [(tag, self.chain.upsample(prepared, self.hysteresis(smoothed[i : i + 1], luma(prepared.small))))
                 for i, (tag, prepared, _) in enumerate(released)]
 
 

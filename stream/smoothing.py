@@ -105,19 +105,29 @@ class Hysteresis:
     0.5 + `margin`, and until it falls below 0.5 − `margin`. Each matte is remapped so that
     0.5, where the upsampling's contrast turns, falls at that pixel's threshold: 0.5 − `margin`
     for shown pixels, 0.5 + `margin` for the others (piecewise linear, 0 and 1 kept). The
-    first matte, and one of another size, pass as they are and start the memory at 0.5."""
+    first matte, one of another size and the first after a cut (the network-size luminance
+    changed by more than `SHOT_CHANGE` on average) pass as they are and start the memory at
+    0.5."""
 
     def __init__(self, margin: float = HYSTERESIS) -> None:
+        if not 0 <= margin < 0.5:
+            raise ValueError(f"hysteresis margin must be in [0, 0.5), not {margin}")
         self.margin = margin
         self.shown: torch.Tensor | None = None
+        self.luminance: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.shown = None
+        self.luminance = None
 
-    def __call__(self, alpha: torch.Tensor) -> torch.Tensor:
+    def __call__(self, alpha: torch.Tensor, luminance: torch.Tensor) -> torch.Tensor:
+        """alpha and luminance N×1×h×w in [0, 1] → the remapped alpha."""
         if self.margin == 0:
             return alpha
-        if self.shown is None or self.shown.shape != alpha.shape:
+        fresh = self.shown is None or self.shown.shape != alpha.shape or \
+            (luminance - self.luminance).abs().mean() > SHOT_CHANGE
+        self.luminance = luminance
+        if fresh:
             self.shown = alpha > 0.5
             return alpha
         self.shown = (alpha > 0.5 + self.margin) | (self.shown & (alpha >= 0.5 - self.margin))
@@ -156,4 +166,4 @@ class TemporalSmoother:
             weight = neighbour_weight(alpha, luminance, previous_alpha, previous_luma, self.strength, mismatch)
             smoothed = torch.lerp(alpha, previous_alpha, weight)
         self.previous_alpha, self.previous_luma = smoothed, luminance
-        return self.hysteresis(smoothed)
+        return self.hysteresis(smoothed, luminance)

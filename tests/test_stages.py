@@ -186,18 +186,30 @@ def test_smoother_shows_what_appears_at_once_and_forgets_across_a_cut():
 
 
 def test_hysteresis_keeps_a_region_hovering_about_one_half_from_blinking():
-    hysteresis = Hysteresis(0.1)
+    hysteresis, scene = Hysteresis(0.1), torch.full((1, 1, 4, 4), 0.3)
     hovering = [0.45, 0.55, 0.45, 0.55, 0.7, 0.45, 0.55, 0.42, 0.35, 0.55, 0.45]
-    shown = [bool(hysteresis(torch.full((1, 1, 4, 4), value))[0, 0, 0, 0] > 0.5) for value in hovering]
+    shown = [bool(hysteresis(torch.full((1, 1, 4, 4), value), scene)[0, 0, 0, 0] > 0.5) for value in hovering]
     # hidden until it passes 0.6, then shown until it falls below 0.4
     assert shown == [False, False, False, False, True, True, True, True, False, False, False]
     # confident values barely move; 0 and 1 stay
-    confident = torch.tensor([0.0, 0.1, 0.9, 1.0]).view(1, 1, 1, 4)
+    confident, scene = torch.tensor([0.0, 0.1, 0.9, 1.0]).view(1, 1, 1, 4), torch.full((1, 1, 1, 4), 0.3)
     hysteresis.reset()
-    hysteresis(confident)
-    remapped = hysteresis(confident)
+    hysteresis(confident, scene)
+    remapped = hysteresis(confident, scene)
     assert remapped[0, 0, 0, [0, 3]].tolist() == [0.0, 1.0]
     assert torch.allclose(remapped, confident, atol=0.02) and not torch.equal(remapped, confident)
+    with pytest.raises(ValueError):
+        Hysteresis(0.5)
+
+
+def test_hysteresis_forgets_across_a_cut():
+    """What was shown in one shot is not kept in the next: a matte just under 0.5 after a
+    cut passes as it is, while in the same shot it stays shown."""
+    hysteresis, shot, other_shot = Hysteresis(0.1), torch.full((1, 1, 8, 8), 0.3), torch.full((1, 1, 8, 8), 0.8)
+    for _ in range(3):
+        hysteresis(torch.full((1, 1, 8, 8), 0.9), shot)
+    assert hysteresis(torch.full((1, 1, 8, 8), 0.48), shot).min() > 0.5
+    assert torch.equal(hysteresis(torch.full((1, 1, 8, 8), 0.48), other_shot), torch.full((1, 1, 8, 8), 0.48))
 
 
 def test_smoother_reset_and_size_change_forget_the_past():

@@ -99,3 +99,24 @@ def test_cast_shadows_fall_beside_or_below_the_person_and_never_on_it():
     below_feet = darkened[:, 42:].sum((1, 2)) > 0
     beside = darkened[:, 10:40, :16].sum((1, 2)) + darkened[:, 10:40, 32:].sum((1, 2)) > 0
     assert below_feet.any() and beside.any() and (below_feet | beside).all()
+
+
+def test_a_ground_shadow_is_the_person_flipped_about_the_feet_and_flattened():
+    """Every draw at the middle of its range: a ground shadow (chance 0.5 counts as drawn),
+    flattened to 0.55, not slanted. The 30-row person's shadow starts at the feet and is
+    about 16 rows long, under the person's columns."""
+    from engines.data import AugmentSettings, _cast_shadow, _Draw
+
+    class Middle(_Draw):
+        def uniform(self, low, high, shape=None):
+            return torch.full((self.n,) if shape is None else shape, (low + high) / 2)
+
+        def chance(self, p):
+            return torch.full((self.n, 1, 1, 1), float(p >= 0.5))
+
+    person = torch.zeros(1, 1, 80, 48)
+    person[:, :, 10:40, 20:28] = 1
+    shaded = _cast_shadow(torch.ones(1, 3, 80, 48), person, AugmentSettings(shadow=1.0), Middle(1, None, "cpu"))
+    rows, columns = torch.nonzero(shaded[0, 0] < 0.8, as_tuple=True)
+    assert 39 <= rows.min() <= 41 and 53 <= rows.max() <= 58
+    assert columns.min() >= 18 and columns.max() <= 29
