@@ -10,7 +10,7 @@ from engines.tiramisu import InferenceSpec, weights_header
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "compact"  # real time on two CPU cores; the default of the loop and of file mode
-# `compact-320`: the previous `compact` trained further at a 320-pixel long side (better on mid-sized people).
+# `compact-320`: `compact` trained further at a 320-pixel long side (better on moving, mid-sized people).
 # `compact-int8` (an ONNX file only): `compact` quantised to int8 for ONNX Runtime on the CPU.
 
 
