@@ -72,6 +72,12 @@ def aligned(luminance: torch.Tensor, other_alpha: torch.Tensor,
     return moved[:, :1], moved[:, 1:], FLOW_MISMATCH
 
 
+def shot_changed(difference: torch.Tensor) -> torch.Tensor:
+    """N×1×1×1: whether each frame is another shot than its neighbour (a cut), from their
+    N×1×h×w absolute luminance difference. A tensor, so that no result waits for the device."""
+    return difference.mean((1, 2, 3), keepdim=True) > SHOT_CHANGE
+
+
 def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: torch.Tensor,
                      other_luminance: torch.Tensor, strength: float, mismatch: float) -> torch.Tensor:
     """How much of an (aligned) neighbour's matte to blend in, per pixel: `strength` where the
@@ -80,8 +86,7 @@ def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: 
     error = box_mean(difference, 2)
     trust = (1 - error / mismatch).clamp_(0, 1)
     agreement = 1 - (alpha - other_alpha).abs()
-    same_shot = (difference.mean((1, 2, 3), keepdim=True) <= SHOT_CHANGE).to(alpha.dtype)
-    return strength * trust * agreement * same_shot
+    return strength * trust * agreement * (~shot_changed(difference)).to(alpha.dtype)
 
 
 def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
@@ -124,17 +129,16 @@ class Hysteresis:
         """alpha and luminance N×1×h×w in [0, 1] → the remapped alpha."""
         if self.margin == 0:
             return alpha
-        fresh = self.shown is None or self.shown.shape != alpha.shape or \
-            (luminance - self.luminance).abs().mean() > SHOT_CHANGE
-        self.luminance = luminance
-        if fresh:
-            self.shown = alpha > 0.5
+        if self.shown is None or self.shown.shape != alpha.shape:
+            self.shown, self.luminance = alpha > 0.5, luminance
             return alpha
-        self.shown = (alpha > 0.5 + self.margin) | (self.shown & (alpha >= 0.5 - self.margin))
+        cut = shot_changed((luminance - self.luminance).abs())
+        kept = (alpha > 0.5 + self.margin) | (self.shown & (alpha >= 0.5 - self.margin))
+        self.shown, self.luminance = torch.where(cut, alpha > 0.5, kept), luminance
         threshold = torch.where(self.shown, 0.5 - self.margin, 0.5 + self.margin)
         below = alpha * (0.5 / threshold)
         above = 0.5 + (alpha - threshold) * (0.5 / (1 - threshold))
-        return torch.where(alpha < threshold, below, above)
+        return torch.where(cut, alpha, torch.where(alpha < threshold, below, above))
 
 
 class TemporalSmoother:
