@@ -221,6 +221,10 @@ def bracketed_reference(before: dict, after: dict) -> dict:
             "before": before, "after": after}
 
 
+def _mode(run: dict) -> str:
+    return ("paced" if run["paced"] else "unpaced") + (", overlap" if run["overlap"] else "")
+
+
 def compare(runs: list[dict], reference: dict) -> None:
     """Print the reference and write our fps and p95 latency as ratios to it into `runs`."""
     before, after = reference["before"], reference["after"]
@@ -230,7 +234,7 @@ def compare(runs: list[dict], reference: dict) -> None:
     for run in runs:
         run["reference"] = {"fps_ratio": round(run["fps"] / reference["fps"], 2),
                             "p95_latency_ratio": round(run["latency_ms"]["p95"] / reference["latency_ms"]["p95"], 2)}
-        mode = ("paced" if run["paced"] else "unpaced") + (", overlap" if run["overlap"] else "")
+        mode = _mode(run)
         print(f"  ours ({run['model']}, {mode}): {run['reference']['fps_ratio']:.2f}× its fps, "
               f"{run['reference']['p95_latency_ratio']:.2f}× its p95 latency")
 
@@ -245,7 +249,7 @@ def print_table(runs: list[dict]) -> None:
     for run in runs:
         latency = run["latency_ms"]
         stages = " ".join(f"{name[:5]} {run['stages'][name]['p50']:.1f}" for name in STAGES)
-        mode = ("paced" if run["paced"] else "unpaced") + (", overlap" if run["overlap"] else "")
+        mode = _mode(run)
         print(f"{run['backend']:<12} {mode:<14} {run['size']:>9} {run['fps']:>6.1f} {run['source_fps']:>5.0f} {run['dropped']:>5} "
               f"{run['cpu_percent']:>5.0f} {latency['p50']:>6.1f} {latency['p95']:>6.1f} {latency['p99']:>6.1f}  {stages}")
 
