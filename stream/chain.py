@@ -20,7 +20,7 @@ import torch
 from engines.segmenter import Segmenter
 from engines.tiramisu import InferenceSpec
 from stream.frames import guided_upsample, preprocess, upload
-from stream.smoothing import HYSTERESIS, Hysteresis, TemporalSmoother, luma, smooth_window
+from stream.smoothing import HYSTERESIS, Hysteresis, TemporalSmoother, look_ahead, luma
 
 
 @dataclass
@@ -95,10 +95,8 @@ class MatteChain:
 class LookAheadChain:
     """File mode's chain: the steps of `MatteChain`, with the segmenter called on batches of
     `batch` frames, each matte smoothed in order as live (`TemporalSmoother`, without its
-    hysteresis), then once more
-    with its previous and next neighbours (`smooth_window`, at half the strength: at full
-    strength the look-ahead trails moving edges by more than a point of IoU on the masked
-    clips), then through `Hysteresis`; `strength` 0 turns all three off.
+    hysteresis), then blended with the next frame's (`look_ahead`), then through
+    `Hysteresis`; `strength` 0 turns all three off.
     `add(tag, image)` returns the (tag, Matte) pairs released so far, in order (a frame waits
     for its next neighbour); `finish()` the rest. `tag` is the caller's (file mode passes the
     decoded frame, for its timestamp)."""
@@ -108,8 +106,7 @@ class LookAheadChain:
         self.smoother = TemporalSmoother(strength, hysteresis=False)
         self.hysteresis = Hysteresis(HYSTERESIS if strength else 0.0)
         self.waiting: list = []  # (tag, NetworkInput) not yet through the network
-        self.frames: list = []  # (tag, NetworkInput, small alpha) through the network
-        self.started = False
+        self.frames: list = []  # (tag, NetworkInput, small alpha) through the network, not yet released
 
     def add(self, tag, image: np.ndarray) -> list[tuple[object, Matte]]:
         self.waiting.append((tag, self.chain.prepare(image)))
@@ -124,19 +121,14 @@ class LookAheadChain:
             self.frames += [(tag, prepared, self.smoother(alpha[None], prepared.small))
                             for (tag, prepared), alpha in zip(self.waiting, alphas)]
             self.waiting = []
-        # self.frames holds the last released frame (a left neighbour) and those not yet
-        # released. The very first frame and the very last are their own outer neighbours.
-        head = self.frames[:1] if not self.started else []
-        tail = self.frames[-1:] if last else []
-        run = head + self.frames + tail
-        if len(run) < 3:
+        run = self.frames + self.frames[-1:] if last else self.frames  # the very last frame is its own next
+        if len(run) < 2:
             return []
         smalls = torch.cat([prepared.small for _, prepared, _ in run])
         alphas = torch.cat([alpha for _, _, alpha in run])
-        smoothed = smooth_window(alphas, smalls, self.strength / 2) if self.strength else alphas[1:-1]
-        released = run[1:-1]
-        self.started = True
-        self.frames = run[-2:]  # the newest frame waits for its next neighbour
+        smoothed = look_ahead(alphas, smalls, self.strength) if self.strength else alphas[:-1]
+        released = run[:-1]
+        self.frames = run[-1:] if not last else []  # the newest frame waits for its next neighbour
         return [(tag, self.chain.upsample(prepared, self.hysteresis(smoothed[i : i + 1], luma(prepared.small))))
                 for i, (tag, prepared, _) in enumerate(released)]
 

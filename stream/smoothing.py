@@ -1,7 +1,6 @@
 """Temporal smoothing of the matte, at the network's resolution, along the motion.
 
-Each neighbouring matte (the previous one live; the previous and the next one in file mode)
-is first moved along the optical flow between the two frames (OpenCV's DIS flow on the
+Each neighbouring matte (the previous one live; in file mode the next one too) is first moved along the optical flow between the two frames (OpenCV's DIS flow on the
 network-size luminance, about 0.2 ms on the CPU), so that a turning head or a panning camera
 leaves no ghost behind. It is then blended in where the moved image matches the new one and
 the two mattes agree: a still or tracked region stops flickering, while what the flow cannot
@@ -16,7 +15,8 @@ off below 0.5 − `HYSTERESIS`.
 
 State is explicit: the previous matte and the previous image, and the shown pixels, cleared
 by `reset()`, which the loop calls when the source restarts; a change of size resets it too.
-File mode, which can look ahead, uses `smooth_window`, then its own `Hysteresis`.
+File mode, which can look ahead, follows `TemporalSmoother` with `look_ahead`, then its own
+`Hysteresis`.
 """
 from __future__ import annotations
 
@@ -89,20 +89,17 @@ def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: 
     return strength * trust * agreement * (~shot_changed(difference)).to(alpha.dtype)
 
 
-def smooth_window(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
-    """Look-ahead smoothing of a run of frames: each matte N×1×h×w is averaged with its
-    previous and next neighbours (images N×3×h×w), each aligned to it and weighted by
-    `neighbour_weight`. The first and last frames have one neighbour. Returns the middle
-    frames' mattes (N−2)."""
+def look_ahead(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+    """File mode's look-ahead: each matte of a run N×1×h×w, already smoothed with the past by
+    `TemporalSmoother`, is averaged with the next one, aligned to it and weighted by
+    `neighbour_weight` (images N×3×h×w). Only the next one: the past is in each matte already,
+    and blending the previous one as well made the result trail moving edges. Returns the
+    first N−1 mattes."""
     luminance = luma(images)
-    middle, middle_luma = alphas[1:-1], luminance[1:-1]
-    total, weights = middle.clone(), torch.ones_like(middle)
-    for other_alpha, other_luma in ((alphas[:-2], luminance[:-2]), (alphas[2:], luminance[2:])):
-        moved_alpha, moved_luma, mismatch = aligned(middle_luma, other_alpha, other_luma)
-        weight = neighbour_weight(middle, middle_luma, moved_alpha, moved_luma, strength, mismatch)
-        total += weight * moved_alpha
-        weights += weight
-    return total / weights
+    current, current_luma = alphas[:-1], luminance[:-1]
+    next_alpha, next_luma, mismatch = aligned(current_luma, alphas[1:], luminance[1:])
+    weight = neighbour_weight(current, current_luma, next_alpha, next_luma, strength, mismatch)
+    return torch.lerp(current, next_alpha, weight / (1 + weight))
 
 
 class Hysteresis:

@@ -13,7 +13,7 @@ from engines.imaging import cover, network_size
 from stream.backgrounds import BlurBackground
 from stream.backgrounds import ColourBackground, ImageBackground
 from stream.frames import blend, box_mean, guided_upsample, preprocess, resize_image
-from stream.smoothing import Hysteresis, TemporalSmoother, smooth_window
+from stream.smoothing import Hysteresis, TemporalSmoother, look_ahead
 
 
 def test_network_size_keeps_orientation_and_aspect():
@@ -222,21 +222,21 @@ def test_smoother_reset_and_size_change_forget_the_past():
     assert torch.equal(smoother(torch.full((1, 1, 16, 8), 0.3), other), torch.full((1, 1, 16, 8), 0.3))
 
 
-def test_look_ahead_smoothing_is_symmetric_and_follows_motion():
+def test_look_ahead_blends_the_next_matte_along_the_motion():
     generator = torch.Generator().manual_seed(4)
     scene = textured(generator)
     images = scene.expand(3, 3, 72, 128).clone()
-    alphas = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1, 1).expand(3, 1, 72, 128)
-    middle = smooth_window(alphas, images, 0.7)
-    assert middle.shape == (1, 1, 72, 128)
-    assert torch.allclose(middle, torch.full_like(middle, 0.5), atol=1e-3)
+    alphas = torch.tensor([0.4, 0.6, 0.5]).view(3, 1, 1, 1).expand(3, 1, 72, 128)
+    blended = look_ahead(alphas, images, 0.7)
+    assert blended.shape == (2, 1, 72, 128)
+    weight = 0.7 * 0.8  # a still scene; the mattes differ by 0.2
+    assert torch.allclose(blended[0], torch.full_like(blended[0], 0.4 + 0.2 * weight / (1 + weight)), atol=1e-3)
     frames = [moving_square(scene, left) for left in (20, 26, 32)]
     images, truths = torch.cat([f[0] for f in frames]), torch.cat([f[1] for f in frames])
-    middle = smooth_window(truths, images, 0.9)  # the neighbours' squares are moved onto the middle one
-    assert ((middle > 0.5) == (truths[1:2] > 0.5)).float().mean() > 0.995
-    images[2] = textured(torch.Generator().manual_seed(5))  # the next frame is another scene: it does not count
-    middle = smooth_window(alphas, images, 0.7)
-    assert (middle < 0.5).float().mean() > 0.95
+    blended = look_ahead(truths, images, 0.9)  # the next frame's square is moved onto this one's
+    assert ((blended > 0.5) == (truths[:2] > 0.5)).float().mean() > 0.995
+    images[1] = textured(torch.Generator().manual_seed(5))  # the next frame is another scene: it does not count
+    assert torch.equal(look_ahead(alphas, images, 0.7)[0], alphas[0])
 
 
 def test_cover_fills_the_frame_without_distortion():
