@@ -77,7 +77,7 @@ def _window_counts(height: int, width: int, radius: int) -> torch.Tensor:
 
 
 def guided_upsample(
-    alpha: torch.Tensor, small_image: torch.Tensor, frame: torch.Tensor, radius: int = 4, eps: float = 1e-3,
+    alpha: torch.Tensor, small_image: torch.Tensor, frame: torch.Tensor, radius: int, eps: float,
     contrast: float = 1.0,
 ) -> torch.Tensor:
     """Edge-aware upsampling of a low-resolution matte to the frame (fast guided filter).
@@ -86,8 +86,9 @@ def guided_upsample(
     The filter's linear coefficients are fitted at low resolution against the green channel
     (a cheap stand-in for luminance), then upsampled and applied to the full-resolution green
     channel in one pass, so edges follow the frame's real edges (hair, fingers) instead of
-    the network's coarse grid. Returns H×W×1 float32 in [0, 1]. The radius (in network
-    pixels) was chosen on the portraits' validation split: 4 beat 1–3 on IoU and boundary F.
+    the network's coarse grid. Returns H×W×1 float32 in [0, 1]. `radius` is in network
+    pixels; `eps` is the regularisation, which keeps the frame's texture out of regions where
+    the matte is flat (the models' choice, and why, is in `InferenceSpec`).
     `contrast` steepens the matte about 0.5 (alpha − 0.5 is multiplied by it before clipping),
     folded into the coefficients, so it costs nothing; 0.5 stays 0.5, so what is person at
     0.5 does not change.

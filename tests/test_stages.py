@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from engines.metrics import iou
+from engines.tiramisu import InferenceSpec
 from engines.imaging import cover, network_size
 from stream.backgrounds import BlurBackground
 from stream.backgrounds import ColourBackground, ImageBackground
@@ -41,7 +42,8 @@ def test_guided_upsampling_follows_the_frames_edges():
     small = preprocess(frame_tensor, (72, 128))
     coarse = F.interpolate(torch.from_numpy(truth[None, None].astype(np.float32)), size=(18, 32), mode="area")
     small_alpha = F.interpolate(coarse, size=(72, 128), mode="bilinear", align_corners=False)
-    guided = guided_upsample(small_alpha, small, frame_tensor)[..., 0].numpy() > 0.5
+    spec = InferenceSpec()
+    guided = guided_upsample(small_alpha, small, frame_tensor, spec.upsample_radius, spec.upsample_eps)[..., 0].numpy() > 0.5
     bilinear = F.interpolate(small_alpha, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
     assert iou(guided, truth) > iou(bilinear, truth) + 1
 
