@@ -7,7 +7,8 @@
 Each `--data FOLDER[:SPLIT]` (default split: `test` where the folder has `test.txt`, else
 `val`) is scored separately. Every image goes through the user's per-frame chain
 (`stream.chain.MatteChain`: resize to the model's network size, the segmenter, guided
-upsampling; no smoothing) and is scored at its full resolution: foreground IoU at 0.5 and
+upsampling; no smoothing; with `--mirror`, each image averaged with its mirror image, as file
+mode runs it) and is scored at its full resolution: foreground IoU at 0.5 and
 the boundary F-score within 3 pixels, in percent, averaged over images, with the folder's
 `ignore/` pixels left out. `ms_per_image` is the segmenter's median time alone. A contact
 sheet of the ten worst images is saved beside the JSON (or as `worst.png`).
@@ -28,7 +29,7 @@ from engines.data import read_ignore, read_split
 from engines.errors import BadArgument
 from engines.imaging import read_mask, read_rgb
 from engines.metrics import boundary_f, iou
-from engines.segmenter import open_segmenter
+from engines.segmenter import MirrorAveraged, open_segmenter
 from stream.chain import MatteChain, prepare_stages
 from stream.timing import StageClock
 
@@ -108,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
         raise BadArgument(f"bad --long-side {args.long_side}: use 32 or more")
     segmenter = open_segmenter(args.backend, args.model, args.threads)
     spec = segmenter.spec if args.long_side is None else dataclasses.replace(segmenter.spec, long_side=args.long_side)
-    chain = MatteChain(segmenter, spec=spec)
+    chain = MatteChain(MirrorAveraged(segmenter) if args.mirror else segmenter, spec=spec)
     prepare_stages(segmenter.device)
-    report = {"model": str(args.model), "backend": segmenter.name, "long_side": spec.long_side, "folders": {}}
+    report = {"model": str(args.model), "backend": segmenter.name, "long_side": spec.long_side, "mirror": args.mirror,
+              "folders": {}}
     worst = []
     for folder in folders:
         row, scored = evaluate(chain, folder, args.limit)
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder of images/, masks/, optional ignore/ and SPLIT.txt; repeatable")
     parser.add_argument("--long-side", type=int, help="network input's long side (default: the model's own)")
     parser.add_argument("--limit", type=int, help="only the first N images of each folder")
+    parser.add_argument("--mirror", action="store_true",
+                        help="average each image's matte with its mirror image's, as file mode does")
     parser.add_argument("--json", type=Path, help="write the report here")
     add_model_arguments(parser)
     args = parser.parse_args(argv)

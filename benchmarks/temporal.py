@@ -3,8 +3,10 @@
     python benchmarks/temporal.py --clips ../shared/data/clips --json benchmarks/results/temporal.json
 
 For each clip (`images/`, `masks/`, `list.txt` in frame order), in live mode (`MatteChain`
-with `TemporalSmoother`, one frame at a time) and file mode (`LookAheadChain`: batches and
-look-ahead smoothing), at each `--smooth` strength, the full-resolution mattes are scored:
+with `TemporalSmoother`, one frame at a time) and file mode (`LookAheadChain`: batches,
+look-ahead smoothing and, as `stream.video` by default, each frame averaged with its mirror
+image; `--no-mirror` as with `stream.video --no-mirror`), at each `--smooth` strength, the
+full-resolution mattes are scored:
 - `iou`: foreground IoU at 0.5, in percent, averaged over frames;
 - `dtssd` (×100): the RMS over pixels of the matte's change between frames minus the
   truth's change, averaged over frames (Erofeev et al. 2015);
@@ -27,7 +29,7 @@ from engines.cli import add_model_arguments, run_cli
 from engines.data import read_split
 from engines.errors import BadArgument
 from engines.imaging import read_mask, read_rgb
-from engines.segmenter import open_segmenter
+from engines.segmenter import MirrorAveraged, open_segmenter
 from stream.chain import LookAheadChain, MatteChain, prepare_stages
 from stream.smoothing import TemporalSmoother
 
@@ -44,8 +46,8 @@ def live_mattes(segmenter, frames: list[np.ndarray], strength: float) -> np.ndar
     return np.stack([chain(frame).alpha[..., 0].cpu().numpy() for frame in frames])
 
 
-def file_mattes(segmenter, frames: list[np.ndarray], strength: float, batch: int = 8) -> np.ndarray:
-    chain = LookAheadChain(MatteChain(segmenter), batch, strength)
+def file_mattes(segmenter, frames: list[np.ndarray], strength: float, mirror: bool = True, batch: int = 8) -> np.ndarray:
+    chain = LookAheadChain(MatteChain(MirrorAveraged(segmenter) if mirror else segmenter), batch, strength)
     released = [matte for index, frame in enumerate(frames) for _, matte in chain.add(index, frame)]
     released += [matte for _, matte in chain.finish()]
     return np.stack([matte.alpha[..., 0].cpu().numpy() for matte in released])
@@ -113,15 +115,17 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no clips (folders with list.txt) under {args.clips}")
     segmenter = open_segmenter(args.backend, args.model, args.threads)
     prepare_stages(segmenter.device)
-    report: dict = {"model": str(args.model), "backend": segmenter.name, "clips": {}}
+    report: dict = {"model": str(args.model), "backend": segmenter.name, "file_mode_mirror": args.mirror, "clips": {}}
     print(f"{'clip':<8} {'mode':<5} {'smooth':>6} {'IoU':>6} {'dtSSD':>6} {'flicker':>7} {'changed IoU':>11}")
     for root in clips:
         frames, truths = read_clip(root)
         report["clips"][root.name] = {}
-        for mode, mattes in (("live", live_mattes), ("file", file_mattes)):
+        runs = (("live", lambda strength: live_mattes(segmenter, frames, strength)),
+                ("file", lambda strength: file_mattes(segmenter, frames, strength, args.mirror)))
+        for mode, mattes in runs:
             report["clips"][root.name][mode] = {}
             for strength in strengths:
-                result = steadiness(mattes(segmenter, frames, strength), truths)
+                result = steadiness(mattes(strength), truths)
                 report["clips"][root.name][mode][str(strength)] = result
                 print(f"{root.name:<8} {mode:<5} {strength:>6.2f} {result['iou']:>6.2f} {result['dtssd']:>6.2f} "
                       f"{result['flicker']:>7.3f} {result['changed_iou']:>11.2f}", flush=True)
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=Path, required=True, help="a folder of clips, each with images/, masks/, list.txt")
     parser.add_argument("--smooth", default="0,0.5,0.7,0.9", help="smoothing strengths to compare (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write every number here, and a PNG beside it")
+    parser.add_argument("--no-mirror", dest="mirror", action="store_false",
+                        help="file mode without the mirror image, as stream.video --no-mirror")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     return run_cli(lambda: run(args))

@@ -14,7 +14,7 @@ from engines.coco_pool import main as coco_main
 from engines.data import augment, load_portraits, read_split
 from engines.errors import BackendMissing
 from engines.models import resolve_model
-from engines.segmenter import open_segmenter
+from engines.segmenter import MirrorAveraged, open_segmenter
 from engines.tiramisu import Tiramisu, load_weights, save_weights
 
 
@@ -70,6 +70,22 @@ def test_every_installed_backend_matches_the_pytorch_reference():
         assert (alpha - expected).abs().max() < tolerance, backend
         checked += 1
     assert checked >= 1
+
+
+class RightLeaning:
+    """A stand-in network that sees the red channel, weighted more towards the right edge."""
+
+    name, device, spec = "right-leaning", torch.device("cpu"), None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, :1] * torch.linspace(0, 1, images.shape[-1])
+
+
+def test_mirror_averaging_flips_the_mirror_images_matte_back():
+    images = torch.rand(2, 3, 6, 10, generator=torch.Generator().manual_seed(2))
+    ramp = torch.linspace(0, 1, 10)
+    expected = images[:, :1] * (ramp + ramp.flip(0)) / 2  # each pixel seen once from each side
+    assert torch.allclose(MirrorAveraged(RightLeaning())(images), expected, atol=1e-6)
 
 
 def test_shipped_model_resolves_to_both_formats():

@@ -42,7 +42,8 @@ def talk(tmp_path_factory) -> Path:
 
 
 class LeftHalfPerson:
-    """A stand-in network: the left half of every frame is the person."""
+    """A stand-in network: the left half of every picture it is given is the person (so, with
+    the mirror image averaged in, the matte is the same on both sides)."""
 
     name, device, spec = "left-half", torch.device("cpu"), InferenceSpec()
 
@@ -99,7 +100,7 @@ def test_matte_only_has_one_channel(talk, tmp_path):
 
 def test_prores_keeps_alpha(talk, tmp_path, left_half):
     out = tmp_path / "alpha.mov"
-    process_video(VideoSettings(talk, out, bg="none"))
+    process_video(VideoSettings(talk, out, bg="none", mirror=False))
     with av.open(str(out)) as container:
         frames = [f.to_ndarray(format="rgba") for f in container.decode(video=0)]
     assert len(frames) == 30
@@ -108,7 +109,7 @@ def test_prores_keeps_alpha(talk, tmp_path, left_half):
 
 def test_vp9_webm_keeps_alpha(talk, tmp_path, left_half):
     out = tmp_path / "alpha.webm"
-    process_video(VideoSettings(talk, out, bg="none"))
+    process_video(VideoSettings(talk, out, bg="none", mirror=False))
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
         decoder = av.CodecContext.create("libvpx-vp9", "r")
@@ -120,12 +121,20 @@ def test_vp9_webm_keeps_alpha(talk, tmp_path, left_half):
 
 def test_png_sequence_is_rgba(talk, tmp_path, left_half):
     out = tmp_path / "frames"
-    process_video(VideoSettings(talk, out, bg="none"))
+    process_video(VideoSettings(talk, out, bg="none", mirror=False))
     files = sorted(out.glob("*.png"))
     assert len(files) == 30
     picture = cv2.imread(str(files[10]), cv2.IMREAD_UNCHANGED)
     assert picture.shape == (240, 320, 4)
     assert_left_half_alpha(picture[:, :, 3])
+
+
+def test_file_mode_averages_each_frame_with_its_mirror_image(talk, tmp_path, left_half):
+    out = tmp_path / "frames"
+    process_video(VideoSettings(talk, out, bg="none"))
+    alpha = cv2.imread(str(sorted(out.glob("*.png"))[10]), cv2.IMREAD_UNCHANGED)[:, :, 3].astype(np.float32)
+    left, right = alpha[:, :80].mean(), alpha[:, -80:].mean()
+    assert 60 < left < 200 and abs(left - right) < 3  # half the views call each side person
 
 
 def test_interrupt_leaves_a_playable_file_with_the_frames_done(talk, tmp_path):
