@@ -20,7 +20,7 @@ import torch
 from engines.segmenter import Segmenter
 from engines.tiramisu import InferenceSpec
 from stream.frames import guided_upsample, preprocess, upload
-from stream.smoothing import FILE_FLOW, HYSTERESIS, Hysteresis, TemporalSmoother, look_ahead, luma
+from stream.smoothing import HYSTERESIS, Hysteresis, TemporalSmoother, look_ahead, luma
 
 
 @dataclass
@@ -96,15 +96,14 @@ class LookAheadChain:
     """File mode's chain: the steps of `MatteChain`, with the segmenter called on batches of
     `batch` frames, each matte smoothed in order as live (`TemporalSmoother`, without its
     hysteresis), then blended with the next frame's (`look_ahead`), then through
-    `Hysteresis`; `strength` 0 turns all three off. The mattes are aligned with a finer
-    optical flow than live (`FILE_FLOW`).
+    `Hysteresis`; `strength` 0 turns all three off.
     `add(tag, image)` returns the (tag, Matte) pairs released so far, in order (a frame waits
     for its next neighbour); `finish()` the rest. `tag` is the caller's (file mode passes the
     decoded frame, for its timestamp)."""
 
     def __init__(self, chain: MatteChain, batch: int, strength: float) -> None:
         self.chain, self.batch, self.strength = chain, batch, strength
-        self.smoother = TemporalSmoother(strength, hysteresis=False, flow_preset=FILE_FLOW)
+        self.smoother = TemporalSmoother(strength, hysteresis=False)
         self.hysteresis = Hysteresis(HYSTERESIS if strength else 0.0)
         self.waiting: list = []  # (tag, NetworkInput) not yet through the network
         self.frames: list = []  # (tag, NetworkInput, small alpha) through the network, not yet released
