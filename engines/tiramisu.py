@@ -62,10 +62,10 @@ class InferenceSpec:
     long_side: int = 256
     multiple: int = 16
     # The guided filter's radius 2 and regularisation 1e-2: against radius 4 and 1e-3, the
-    # matte flickers a fifth less on the masked clips (a soft halo no longer takes on the
-    # texture of the ground behind the person, which moves with the camera), and the
-    # whole-body validation lists gain 0.05–0.5 IoU except the far pedestrians of camvid
-    # (−1.9); the portraits lose 0.1 IoU and 3.6 of boundary F.
+    # matte flickers a fifth less on the hike clip and 7 % less on tennis (a soft halo no
+    # longer takes on the texture of the ground behind the person, which moves with the
+    # camera), and the whole-body validation lists gain 0.05–0.5 IoU except the far
+    # pedestrians of camvid (−1.9); the portraits lose 0.1 IoU and 3.6 of boundary F.
     upsample_radius: int = 2
     upsample_eps: float = 1e-2
     upsample_contrast: float = 1.5

@@ -51,11 +51,11 @@ class VideoSettings:
     overwrite: bool = False
     batch: int = 8  # frames per network call
     smooth: float = DEFAULT_STRENGTH
-    mirror: bool = True  # average each frame's matte with its mirror image's
     quality: int = 18  # x264 CRF (VP9: +13)
     backend: str = "auto"
     model: str = DEFAULT_MODEL
     threads: int = 2
+    mirror: bool = True  # average each frame's matte with its mirror image's
 
 
 @dataclass
@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=defaults.batch, help="frames per network call (default: %(default)s)")
     parser.add_argument("--smooth", type=float, default=defaults.smooth, help="temporal smoothing in [0, 1) (default: %(default)s)")
     parser.add_argument("--no-mirror", dest="mirror", action="store_false",
-                        help="run the network on each frame once, not also on its mirror image (twice as fast, "
-                             "a little less accurate)")
+                        help="run the network on each frame once, not also on its mirror image (half the "
+                             "network's time, a little less accurate)")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="CRF, lower is better (default: %(default)s)")
     add_model_arguments(parser, defaults.model)
     return parser

@@ -14,7 +14,8 @@ from engines.imaging import cover, network_size
 from stream.backgrounds import BlurBackground
 from stream.backgrounds import ColourBackground, ImageBackground
 from stream.frames import blend, box_mean, guided_upsample, preprocess, resize_image
-from stream.smoothing import Hysteresis, TemporalSmoother, look_ahead
+from stream.chain import LookAheadChain, MatteChain
+from stream.smoothing import Hysteresis, TemporalSmoother, look_ahead, luma
 
 
 def test_network_size_keeps_orientation_and_aspect():
@@ -233,12 +234,53 @@ def test_look_ahead_blends_the_next_matte_along_the_motion():
     assert blended.shape == (2, 1, 72, 128)
     weight = 0.7 * 0.8  # a still scene; the mattes differ by 0.2
     assert torch.allclose(blended[0], torch.full_like(blended[0], 0.4 + 0.2 * weight / (1 + weight)), atol=1e-3)
-    frames = [moving_square(scene, left) for left in (20, 26, 32)]
-    images, truths = torch.cat([f[0] for f in frames]), torch.cat([f[1] for f in frames])
-    blended = look_ahead(truths, images, 0.9)  # the next frame's square is moved onto this one's
-    assert ((blended > 0.5) == (truths[:2] > 0.5)).float().mean() > 0.995
+    # A square moving 6 pixels right, matted 0.8 and then 1: the next frame's matte is moved
+    # onto this one's square, also on its left strip, where the two squares do not overlap.
+    frames = [moving_square(scene, left) for left in (20, 26)]
+    images = torch.cat([f[0] for f in frames])
+    blended = look_ahead(torch.cat([0.8 * frames[0][1], frames[1][1]]), images, 0.9)
+    weight = 0.9 * 0.8
+    expected = 0.8 + 0.2 * weight / (1 + weight)
+    assert abs(blended[0, 0, 26:46, 21:26].mean() - expected) < 0.01  # the left strip
+    assert abs(blended[0, 0, 26:46, 21:43].mean() - expected) < 0.01
+    assert blended[0, 0, :, 50:].max() == 0 and blended[0, 0, :, :18].max() == 0  # no ghost beside it
     images[1] = textured(torch.Generator().manual_seed(5))  # the next frame is another scene: it does not count
-    assert torch.equal(look_ahead(alphas, images, 0.7)[0], alphas[0])
+    assert torch.equal(look_ahead(alphas[:2], images, 0.7)[0], alphas[0])
+
+
+class Brightness:
+    """A stand-in network: each picture's matte is its own brightness, so every frame's differs."""
+
+    name, device, spec = "brightness", torch.device("cpu"), InferenceSpec()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 8])
+@pytest.mark.parametrize("count", [1, 2, 9])
+def test_file_mode_chain_gives_each_frame_its_own_matte_in_order(batch, count):
+    """`LookAheadChain` against the steps done on the whole clip at once: smoothing in order,
+    the look-ahead (the last frame its own next) and the hysteresis."""
+    scene = (textured(torch.Generator().manual_seed(6), 96, 160)[0].permute(1, 2, 0) * 200).to(torch.uint8)
+    frames = []
+    for index in range(count):
+        frame = scene.clone()
+        frame[30:70, 10 + 8 * index : 50 + 8 * index] = 250  # a square moving right
+        frames.append(frame.numpy())
+    chain = LookAheadChain(MatteChain(Brightness()), batch, 0.9)
+    released = [pair for index, frame in enumerate(frames) for pair in chain.add(index, frame)] + chain.finish()
+    assert chain.finish() == []
+    assert [tag for tag, _ in released] == list(range(count))
+
+    prepared = [MatteChain(Brightness()).prepare(frame) for frame in frames]
+    smoother = TemporalSmoother(0.9, hysteresis=False)
+    alphas = torch.cat([smoother(Brightness()(each.small), each.small) for each in prepared])
+    smalls = torch.cat([each.small for each in prepared])
+    ahead = look_ahead(torch.cat([alphas, alphas[-1:]]), torch.cat([smalls, smalls[-1:]]), 0.9)
+    hysteresis = Hysteresis()
+    for (_, matte), alpha, each in zip(released, ahead, prepared):
+        assert torch.allclose(matte.small_alpha, hysteresis(alpha[None], luma(each.small)), atol=1e-5)
 
 
 def test_cover_fills_the_frame_without_distortion():
