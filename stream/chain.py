@@ -106,7 +106,7 @@ class LookAheadChain:
         self.smoother = TemporalSmoother(strength, hysteresis=False)
         self.hysteresis = Hysteresis(HYSTERESIS if strength else 0.0)
         self.waiting: list = []  # (tag, NetworkInput) not yet through the network
-        self.frames: list = []  # (tag, NetworkInput, small alpha) through the network, not yet released
+        self.frames: list = []  # (tag, NetworkInput, small alpha, luminance) through the network, not yet released
 
     def add(self, tag, image: np.ndarray) -> list[tuple[object, Matte]]:
         self.waiting.append((tag, self.chain.prepare(image)))
@@ -118,19 +118,19 @@ class LookAheadChain:
     def _run(self, last: bool = False) -> list[tuple[object, Matte]]:
         if self.waiting:
             alphas = self.chain.segmenter(torch.cat([prepared.small for _, prepared in self.waiting]))
-            self.frames += [(tag, prepared, self.smoother(alpha[None], prepared.small))
+            self.frames += [(tag, prepared, self.smoother(alpha[None], prepared.small), luma(prepared.small))
                             for (tag, prepared), alpha in zip(self.waiting, alphas)]
             self.waiting = []
         run = self.frames + self.frames[-1:] if last else self.frames  # the very last frame is its own next
         if len(run) < 2:
             return []
-        smalls = torch.cat([prepared.small for _, prepared, _ in run])
-        alphas = torch.cat([alpha for _, _, alpha in run])
-        smoothed = look_ahead(alphas, smalls, self.strength) if self.strength else alphas[:-1]
+        alphas = torch.cat([alpha for _, _, alpha, _ in run])
+        luminance = torch.cat([frame_luma for _, _, _, frame_luma in run])
+        smoothed = look_ahead(alphas, luminance, self.strength) if self.strength else alphas[:-1]
         released = run[:-1]
         self.frames = run[-1:] if not last else []  # the newest frame waits for its next neighbour
-        return [(tag, self.chain.upsample(prepared, self.hysteresis(smoothed[i : i + 1], luma(prepared.small))))
-                for i, (tag, prepared, _) in enumerate(released)]
+        return [(tag, self.chain.upsample(prepared, self.hysteresis(smoothed[i : i + 1], frame_luma)))
+                for i, (tag, prepared, _, frame_luma) in enumerate(released)]
 
 
 def prepare_stages(device: torch.device, threads: int = 1) -> None:

@@ -108,13 +108,12 @@ def neighbour_weight(alpha: torch.Tensor, luminance: torch.Tensor, other_alpha: 
     return strength * trust * agreement * (~shot_changed(difference)).to(alpha.dtype)
 
 
-def look_ahead(alphas: torch.Tensor, images: torch.Tensor, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+def look_ahead(alphas: torch.Tensor, luminance: torch.Tensor, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
     """File mode's look-ahead: each matte of a run N×1×h×w, already smoothed with the past by
     `TemporalSmoother`, is averaged with the next one, aligned to it and weighted by
-    `neighbour_weight` (images N×3×h×w). Only the next one: the past is in each matte already,
-    and blending the previous one as well made the result trail moving edges. Returns the
-    first N−1 mattes."""
-    luminance = luma(images)
+    `neighbour_weight` (the frames' luminance N×1×h×w, from `luma`). Only the next one: the
+    past is in each matte already, and blending the previous one as well made the result
+    trail moving edges. Returns the first N−1 mattes."""
     current, current_luma = alphas[:-1], luminance[:-1]
     next_alpha, next_luma, mismatch = aligned(current_luma, alphas[1:], luminance[1:])
     weight = neighbour_weight(current, current_luma, next_alpha, next_luma, strength, mismatch)

@@ -230,7 +230,7 @@ def test_look_ahead_blends_the_next_matte_along_the_motion():
     scene = textured(generator)
     images = scene.expand(3, 3, 72, 128).clone()
     alphas = torch.tensor([0.4, 0.6, 0.5]).view(3, 1, 1, 1).expand(3, 1, 72, 128)
-    blended = look_ahead(alphas, images, 0.7)
+    blended = look_ahead(alphas, luma(images), 0.7)
     assert blended.shape == (2, 1, 72, 128)
     weight = 0.7 * 0.8  # a still scene; the mattes differ by 0.2
     assert torch.allclose(blended[0], torch.full_like(blended[0], 0.4 + 0.2 * weight / (1 + weight)), atol=1e-3)
@@ -238,14 +238,14 @@ def test_look_ahead_blends_the_next_matte_along_the_motion():
     # onto this one's square, also on its left strip, where the two squares do not overlap.
     frames = [moving_square(scene, left) for left in (20, 26)]
     images = torch.cat([f[0] for f in frames])
-    blended = look_ahead(torch.cat([0.8 * frames[0][1], frames[1][1]]), images, 0.9)
+    blended = look_ahead(torch.cat([0.8 * frames[0][1], frames[1][1]]), luma(images), 0.9)
     weight = 0.9 * 0.8
     expected = 0.8 + 0.2 * weight / (1 + weight)
     assert abs(blended[0, 0, 26:46, 21:26].mean() - expected) < 0.01  # the left strip
     assert abs(blended[0, 0, 26:46, 21:43].mean() - expected) < 0.01
     assert blended[0, 0, :, 50:].max() == 0 and blended[0, 0, :, :18].max() == 0  # no ghost beside it
     images[1] = textured(torch.Generator().manual_seed(5))  # the next frame is another scene: it does not count
-    assert torch.equal(look_ahead(alphas[:2], images, 0.7)[0], alphas[0])
+    assert torch.equal(look_ahead(alphas[:2], luma(images), 0.7)[0], alphas[0])
 
 
 class Brightness:
@@ -277,7 +277,7 @@ def test_file_mode_chain_gives_each_frame_its_own_matte_in_order(batch, count):
     smoother = TemporalSmoother(0.9, hysteresis=False)
     alphas = torch.cat([smoother(Brightness()(each.small), each.small) for each in prepared])
     smalls = torch.cat([each.small for each in prepared])
-    ahead = look_ahead(torch.cat([alphas, alphas[-1:]]), torch.cat([smalls, smalls[-1:]]), 0.9)
+    ahead = look_ahead(torch.cat([alphas, alphas[-1:]]), luma(torch.cat([smalls, smalls[-1:]])), 0.9)
     hysteresis = Hysteresis()
     for (_, matte), alpha, each in zip(released, ahead, prepared):
         assert torch.allclose(matte.small_alpha, hysteresis(alpha[None], luma(each.small)), atol=1e-5)
