@@ -17,7 +17,8 @@ pool; each sample of a batch comes from a pool drawn by its share (default: by p
 `ignore/` pixels are left out of the loss and of validation. `--paste-people` pastes the
 person of one sample over another, so frames hold several people from different folders.
 `--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
-`--init` starts from trained weights of the same preset.
+`--init` starts from trained weights of the preset, or of a network that differs from it
+only by a smaller growth rate, widened by `engines.widen` (the same output to start with).
 
 Each pool is validated on its `val.txt`, or on a fixed tenth held out of `train.txt` where it
 has none. The rule for the checkpoint kept as `best.safetensors`: the highest mean of the
@@ -52,6 +53,7 @@ from engines.errors import BadArgument
 from engines.imaging import network_size, read_rgb
 from engines.metrics import batch_iou
 from engines.tiramisu import PRESETS, InferenceSpec, Tiramisu, load_weights, save_weights
+from engines.widen import widen
 
 
 @dataclass
@@ -192,13 +194,19 @@ def draw_batch(pools: list[Pool], shares: torch.Tensor, landscape_shares: torch.
 
 
 def open_model(settings: TrainSettings) -> Tiramisu:
-    """A new network of the preset, or the `--init` weights (which must be of that preset)."""
+    """A new network of the preset, or the `--init` weights (of that preset, or narrower ones
+    widened to it)."""
     if not settings.init:
         return Tiramisu.from_preset(settings.preset)
     model = load_weights(settings.init)
-    if model.config != PRESETS[settings.preset]:
-        raise BadArgument(f"--init {settings.init} is not a {settings.preset!r} network; pass its --preset")
-    return model
+    config = PRESETS[settings.preset]
+    if model.config == config:
+        return model
+    try:
+        return widen(model, config)
+    except ValueError:
+        raise BadArgument(f"--init {settings.init} is neither a {settings.preset!r} network nor a narrower one; "
+                          "pass its --preset") from None
 
 
 def make_optimizer(model: Tiramisu, settings: TrainSettings, steps_per_epoch: int):

@@ -15,7 +15,8 @@ from engines.data import augment, load_portraits, read_split
 from engines.errors import BackendMissing
 from engines.models import resolve_model
 from engines.segmenter import MirrorAveraged, open_segmenter
-from engines.tiramisu import Tiramisu, load_weights, save_weights
+from engines.tiramisu import PRESETS, Tiramisu, load_weights, save_weights
+from engines.widen import widen
 
 
 @pytest.mark.parametrize("preset, millions", [("fc56", 1.4), ("fc67", 3.5), ("fc103", 9.3)])
@@ -38,6 +39,42 @@ def test_alpha_is_the_two_class_softmax_of_the_logits():
     with torch.no_grad():
         expected = torch.softmax(model(image), dim=1)[:, 1:2]
         assert torch.allclose(model.alpha(image), expected, atol=1e-5)
+
+
+def _trained_looking(model: Tiramisu) -> Tiramisu:
+    """Random batch-norm statistics and affine terms, as training leaves them."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor in (module.weight, module.bias, module.running_mean):
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("height, width", [(144, 256), (99, 131)])
+def test_widening_keeps_the_output_and_adds_trainable_maps(height, width):
+    narrow = _trained_looking(Tiramisu.from_preset("compact"))
+    wide = widen(narrow, PRESETS["compact16"])
+    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(wide.alpha(image), narrow.alpha(image), atol=1e-5)
+        assert (wide.alpha(image) - Tiramisu(PRESETS["compact16"]).eval().alpha(image)).abs().max() > 0.01
+    assert wide.num_parameters() > 1.5 * narrow.num_parameters()
+    # The old maps' weights that read the new maps (the first layer's maps 12–15, after the
+    # stem's 32) start at zero but are trained: their gradient is not zero.
+    second_layer = wide.down_blocks[0].layers[1][2].weight
+    assert second_layer[:12, 32 + 12 : 32 + 16].abs().sum() == 0
+    wide(image).sum().backward()
+    assert second_layer.grad[:12, 32 + 12 : 32 + 16].abs().sum() > 0
+
+
+def test_widening_refuses_anything_but_a_larger_growth_rate():
+    with pytest.raises(ValueError, match="only a larger growth rate"):
+        widen(Tiramisu.from_preset("compact16"), PRESETS["compact"])
+    with pytest.raises(ValueError, match="only a larger growth rate"):
+        widen(Tiramisu.from_preset("compact"), PRESETS["fc56"])
 
 
 def test_weights_round_trip_without_pickle(tmp_path):

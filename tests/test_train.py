@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engines.data import load_portraits, paste_people
-from engines.tiramisu import load_weights
+from engines.tiramisu import Tiramisu, load_weights, save_weights
 from engines.train import main, segmentation_loss
 
 
@@ -120,3 +120,15 @@ def test_a_ground_shadow_is_the_person_flipped_about_the_feet_and_flattened():
     rows, columns = torch.nonzero(shaded[0, 0] < 0.8, as_tuple=True)
     assert 39 <= rows.min() <= 41 and 53 <= rows.max() <= 58
     assert columns.min() >= 18 and columns.max() <= 29
+
+
+def test_narrower_init_weights_are_widened_to_the_preset(tmp_path, capsys):
+    data, out = tmp_path / "portraits", tmp_path / "run"
+    paint_portraits(data)
+    narrow = tmp_path / "narrow.safetensors"
+    save_weights(Tiramisu.from_preset("compact"), narrow)
+    main(["--data", str(data), "--out", str(out), "--size", "48x64", "--batch", "6", "--threads", "1",
+          "--epochs", "1", "--init", str(narrow), "--preset", "compact16"])
+    assert load_weights(out / "best.safetensors").config.growth == 16
+    assert main(["--data", str(data), "--out", str(out), "--epochs", "1", "--init", str(narrow), "--preset", "fc56"]) == 2
+    assert "neither a 'fc56' network nor a narrower one" in capsys.readouterr().err
