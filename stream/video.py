@@ -6,7 +6,8 @@
     python -m stream.video talk.mp4 -o frames --bg none            # a folder of RGBA PNGs
     python -m stream.video talk.mp4 -o matte.mp4 --matte-only      # the matte alone, one channel
 
-File mode never drops a frame. Frames go through the network in batches, each with its
+File mode never drops a frame. Its default model is `compact16` (`engines.models.FILE_MODEL`).
+Frames go through the network in batches, each with its
 mirror image (the two mattes averaged; `--no-mirror` halves the network time), and
 smoothing looks one frame ahead as well as behind. Decoding and the matte chain run in one
 thread, compositing and encoding in another. Timestamps, time base, frame rate, size and
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from engines.cli import StopRequest, add_model_arguments, run_cli
 from engines.errors import BadArgument
-from engines.models import DEFAULT_MODEL
+from engines.models import FILE_MODEL
 from engines.segmenter import MirrorAveraged, open_segmenter
 from stream.backgrounds import open_background
 from stream.ahead import Ahead
@@ -53,7 +54,7 @@ class VideoSettings:
     smooth: float = DEFAULT_STRENGTH
     quality: int = 18  # x264 CRF (VP9: +13)
     backend: str = "auto"
-    model: str = DEFAULT_MODEL
+    model: str = FILE_MODEL
     threads: int = 2
     mirror: bool = True  # average each frame's matte with its mirror image's
 

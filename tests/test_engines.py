@@ -13,7 +13,7 @@ from engines.coco_pool import CocoPersonFilter, coco_people
 from engines.coco_pool import main as coco_main
 from engines.data import augment, load_portraits, read_split
 from engines.errors import BackendMissing
-from engines.models import resolve_model
+from engines.models import FILE_MODEL, resolve_model
 from engines.segmenter import MirrorAveraged, open_segmenter
 from engines.tiramisu import PRESETS, Tiramisu, load_weights, save_weights
 from engines.widen import widen
@@ -125,10 +125,12 @@ def test_mirror_averaging_flips_the_mirror_images_matte_back():
     assert torch.allclose(MirrorAveraged(RightLeaning())(images), expected, atol=1e-6)
 
 
-def test_shipped_model_resolves_to_both_formats():
-    files = resolve_model(None)
+@pytest.mark.parametrize("name, growth", [(None, 12), (FILE_MODEL, 16)])
+def test_shipped_default_models_resolve_to_both_formats(name, growth):
+    files = resolve_model(name)
     assert files.safetensors is not None and files.safetensors.is_file()
     assert files.onnx is not None and files.onnx.is_file()
+    assert load_weights(files.safetensors).config.growth == growth
     with pytest.raises(FileNotFoundError, match="no model 'nope'"):
         resolve_model("nope")
 
