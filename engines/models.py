@@ -11,8 +11,9 @@ from engines.tiramisu import InferenceSpec, weights_header
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "compact"  # real time on two CPU cores; the default of the live loop and the benchmarks
 # File mode's default: `compact` widened to growth 16 and trained further. More accurate on
-# every validation list and steady in file mode, but live (without the look-ahead) it flickers
-# more than `compact` on the hike clip, above the steadiness bar; so the live loop keeps `compact`.
+# five of the six validation lists and within the steadiness bars in file mode, but live
+# (without the look-ahead) it flickers more than `compact` on the hike clip, above the
+# steadiness bar; so the live loop keeps `compact`.
 FILE_MODEL = "compact16"
 # `compact-320`: `compact` trained further at a 320-pixel long side (better on moving, mid-sized people).
 # `compact-int8` (an ONNX file only): `compact` quantised to int8 for ONNX Runtime on the CPU.

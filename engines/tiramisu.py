@@ -95,7 +95,7 @@ PRESETS: dict[str, TiramisuConfig] = {
         down_layers=(3, 3, 3, 3), bottleneck_layers=3, growth=12, first_channels=32,
         stem_stride=4, dropout=0.0,
     ),
-    # `compact` at growth 16: 0.89 M parameters for 2–4 % more time on ONNX Runtime with
+    # `compact` at growth 16: 0.89 M parameters for 2–5 % more time on ONNX Runtime with
     # AVX-512, whose blocked layout takes channels in sixteens (growth 12 is not).
     "compact16": TiramisuConfig(
         down_layers=(3, 3, 3, 3), bottleneck_layers=3, growth=16, first_channels=32,

@@ -3,6 +3,7 @@ and the dataset tools."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ from engines.data import augment, load_portraits, read_split
 from engines.errors import BackendMissing
 from engines.models import FILE_MODEL, resolve_model
 from engines.segmenter import MirrorAveraged, open_segmenter
-from engines.tiramisu import PRESETS, Tiramisu, load_weights, save_weights
+from engines.tiramisu import PRESETS, Tiramisu, TiramisuConfig, load_weights, save_weights
 from engines.widen import widen
 
 
@@ -68,6 +69,16 @@ def test_widening_keeps_the_output_and_adds_trainable_maps(height, width):
     assert second_layer[:12, 32 + 12 : 32 + 16].abs().sum() == 0
     wide(image).sum().backward()
     assert second_layer.grad[:12, 32 + 12 : 32 + 16].abs().sum() > 0
+
+
+def test_widening_keeps_the_output_of_other_shapes_of_network():
+    # No stem stride, blocks of unequal depth, an odd growth step and an odd input size.
+    narrow_config = TiramisuConfig(down_layers=(2, 3, 1), bottleneck_layers=2, growth=5, first_channels=16)
+    narrow = _trained_looking(Tiramisu(narrow_config))
+    wide = widen(narrow, replace(narrow_config, growth=9)).eval()
+    image = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.allclose(wide.alpha(image), narrow.alpha(image), atol=1e-5)
 
 
 def test_widening_refuses_anything_but_a_larger_growth_rate():
