@@ -16,12 +16,11 @@ from pathlib import Path
 
 import cv2
 import torch
-from torch.nn import functional as F
 
 from engines.errors import BadArgument
 from engines.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, cover
 from stream.errors import SourceUnavailable
-from stream.frames import resize_image
+from stream.frames import gaussian_blur, half_size, resize_image
 from stream.sources import ASSETS, VideoFileSource
 
 SHIPPED = ASSETS / "backgrounds"
@@ -103,19 +102,11 @@ class BlurBackground:
         self.name = "blur"
         self.sigma = sigma  # in pixels at half the network's resolution
 
-    def _gaussian(self, image: torch.Tensor) -> torch.Tensor:
-        radius = int(3 * self.sigma)
-        offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-        kernel = torch.exp(-(offsets**2) / (2 * self.sigma**2))
-        kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(image.shape[1], 1, 1, 1)
-        image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel, groups=image.shape[1])
-        return F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.transpose(2, 3), groups=image.shape[1])
-
     def render(self, frame: torch.Tensor, small_image: torch.Tensor, small_alpha: torch.Tensor) -> torch.Tensor:
-        weight = F.avg_pool2d(1 - small_alpha, 2, ceil_mode=True)
-        image = F.avg_pool2d(small_image, 2, ceil_mode=True)
-        # One convolution blurs the weighted image, the weight, and the plain image.
-        blurred = self._gaussian(torch.cat([image * weight, weight, image], 1))
+        weight = half_size(1 - small_alpha)
+        image = half_size(small_image)
+        # One call blurs the weighted image, the weight, and the plain image.
+        blurred = gaussian_blur(torch.cat([image * weight, weight, image], 1), self.sigma)
         background = blurred[:, :3] / blurred[:, 3:4].clamp(min=1e-3)
         # Where the person covers everything nearby, fall back to the plain blur.
         trust = (blurred[:, 3:4] * 4).clamp(max=1)

@@ -38,26 +38,62 @@ def preprocess(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return small.float() / 255
 
 
-_MAX_CHANNELS = 128  # OpenCV's float box filter refuses more channels at once
+def _per_plane(image: torch.Tensor, operation, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """N×C×h×w CPU tensor → `operation(plane, out)` on each h×w float32 plane into one array
+    (planes of `size` (h, w) when it changes them): OpenCV's SIMD kernels without a copy per
+    plane, where torch's pooling and convolutions at the network's size cost several times more."""
+    batch, channels, height, width = image.shape
+    planes = image.to(torch.float32).contiguous().numpy().reshape(batch * channels, height, width)
+    out = np.empty((batch * channels, *(size or (height, width))), np.float32)
+    for plane, result in zip(planes, out):
+        operation(plane, result)
+    return torch.from_numpy(out.reshape(batch, channels, *out.shape[1:]))
 
 
 def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
     """N×C×h×w → the mean over each (2r+1)² window, averaging only the pixels inside the image.
 
-    On the CPU OpenCV's running-sum box filter (a tenth of torch's pooling time at the
-    network's size), divided by each window's pixel count; on CUDA two torch pooling passes.
+    On the CPU OpenCV's running-sum box filter times each window's reciprocal pixel count (a
+    tenth of torch's pooling time at the network's size); on CUDA two torch pooling passes.
     """
     if image.is_cuda:
         return _box_mean_torch(image, radius)
     size = 2 * radius + 1
-    batch, channels, height, width = image.shape
-    planes = image.to(torch.float32).reshape(batch * channels, height, width).permute(1, 2, 0).contiguous().numpy()
-    sums = np.concatenate([
-        cv2.boxFilter(np.ascontiguousarray(planes[..., start : start + _MAX_CHANNELS]), -1, (size, size),
-                      normalize=False, borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
-        for start in range(0, batch * channels, _MAX_CHANNELS)], axis=2)
-    sums = torch.from_numpy(sums).permute(2, 0, 1)
-    return (sums / _window_counts(height, width, radius)).reshape(batch, channels, height, width)
+    sums = _per_plane(image, lambda plane, out: cv2.boxFilter(
+        plane, -1, (size, size), dst=out, normalize=False, borderType=cv2.BORDER_CONSTANT))
+    return sums.mul_(torch.from_numpy(_reciprocal_counts(*image.shape[-2:], radius)))
+
+
+def half_size(image: torch.Tensor) -> torch.Tensor:
+    """N×C×h×w → N×C×⌈h/2⌉×⌈w/2⌉, each pixel the mean of a 2×2 block (of the pixels inside
+    the image, at an odd edge: the same as repeating the edge)."""
+    if image.is_cuda:
+        return F.avg_pool2d(image, 2, ceil_mode=True)
+    height, width = image.shape[-2:]
+
+    def halve(plane: np.ndarray, out: np.ndarray) -> None:
+        even = cv2.copyMakeBorder(plane, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+        cv2.resize(even, out.shape[::-1], dst=out, interpolation=cv2.INTER_AREA)
+
+    return _per_plane(image, halve, ((height + 1) // 2, (width + 1) // 2))
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """N×C×h×w → blurred with a Gaussian of `sigma` pixels, cut at 3 sigma, edges repeated."""
+    radius = int(3 * sigma)
+    if image.is_cuda:
+        return _gaussian_blur_torch(image, sigma, radius)
+    return _per_plane(image, lambda plane, out: cv2.GaussianBlur(
+        plane, (2 * radius + 1, 2 * radius + 1), sigma, dst=out, borderType=cv2.BORDER_REPLICATE))
+
+
+def _gaussian_blur_torch(image: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(image.shape[1], 1, 1, 1)
+    image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel, groups=image.shape[1])
+    return F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.transpose(2, 3),
+                    groups=image.shape[1])
 
 
 def _box_mean_torch(image: torch.Tensor, radius: int) -> torch.Tensor:
@@ -67,13 +103,13 @@ def _box_mean_torch(image: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _window_counts(height: int, width: int, radius: int) -> torch.Tensor:
-    """h×w: how many pixels of the image each (2r+1)² window covers (made once per size)."""
-    def along(length: int) -> torch.Tensor:
-        index = torch.arange(length)
-        return (index.clamp(max=radius) + (length - 1 - index).clamp(max=radius) + 1).to(torch.float32)
+def _reciprocal_counts(height: int, width: int, radius: int) -> np.ndarray:
+    """h×w: one over how many pixels of the image each (2r+1)² window covers (made once per size)."""
+    def along(length: int) -> np.ndarray:
+        index = np.arange(length)
+        return (np.minimum(index, radius) + np.minimum(length - 1 - index, radius) + 1).astype(np.float32)
 
-    return along(height)[:, None] * along(width)[None, :]
+    return 1 / (along(height)[:, None] * along(width)[None, :])
 
 
 def guided_upsample(

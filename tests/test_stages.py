@@ -13,7 +13,7 @@ from engines.tiramisu import InferenceSpec
 from engines.imaging import cover, network_size
 from stream.backgrounds import BlurBackground
 from stream.backgrounds import ColourBackground, ImageBackground
-from stream.frames import blend, box_mean, guided_upsample, preprocess, resize_image
+from stream.frames import _gaussian_blur_torch, blend, box_mean, gaussian_blur, guided_upsample, half_size, preprocess, resize_image
 from stream.chain import LookAheadChain, MatteChain
 from stream.smoothing import Hysteresis, TemporalSmoother, look_ahead, luma
 
@@ -52,12 +52,30 @@ def test_guided_upsampling_follows_the_frames_edges():
 @pytest.mark.parametrize("batch, height, width, radius", [(2, 144, 256, 4), (2, 37, 53, 2), (2, 5, 9, 4), (200, 9, 16, 2)])
 def test_box_mean_averages_only_the_pixels_inside_the_image(batch, height, width, radius):
     """The CPU's OpenCV box filter against torch's pooling, which the CUDA path runs (600
-    planes: more than OpenCV takes at once)."""
+    planes in the last case)."""
     image = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     size = 2 * radius + 1
     rows = F.avg_pool2d(image, (1, size), stride=1, padding=(0, radius), count_include_pad=False)
     expected = F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
     assert torch.allclose(box_mean(image, radius), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("height, width", [(96, 128), (37, 53), (1, 6)])
+def test_half_size_on_the_cpu_is_torch_pooling(height, width):
+    """OpenCV's area resize (the edge repeated at an odd size) against the CUDA path's pooling."""
+    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(1))
+    expected = F.avg_pool2d(image, 2, ceil_mode=True)
+    actual = half_size(image)
+    assert actual.shape == expected.shape and torch.allclose(actual, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("height, width, sigma", [(96, 128, 2.0), (20, 31, 1.5)])
+def test_gaussian_blur_on_the_cpu_is_the_cuda_paths_convolution(height, width, sigma):
+    image = torch.rand(1, 7, height, width, generator=torch.Generator().manual_seed(2))
+    expected = _gaussian_blur_torch(image, sigma, int(3 * sigma))
+    actual = gaussian_blur(image, sigma)
+    assert actual.shape == image.shape and torch.allclose(actual, expected, atol=1e-5)
+    assert not torch.allclose(actual, image, atol=1e-2)
 
 
 def test_guided_upsampling_on_the_cpu_is_the_fast_guided_filter():
