@@ -19,6 +19,8 @@ person of one sample over another, so frames hold several people from different 
 `--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
 `--init` starts from trained weights of the preset, or of a network that differs from it
 only by a smaller growth rate, widened by `engines.widen` (the same output to start with).
+`--consistency` adds `consistency_loss`: each batch also runs shifted by a few pixels and
+re-lit, and the two answers are pulled together (for steadier mattes in the live loop).
 
 Each pool is validated on its `val.txt`, or on a fixed tenth held out of `train.txt` where it
 has none. The rule for the checkpoint kept as `best.safetensors`: the highest mean of the
@@ -80,6 +82,7 @@ class TrainSettings:
     init: str | None = None
     min_scale: float = 0.7
     ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
+    consistency: float = 0.0  # >0: weight of `consistency_loss` (each batch also runs on a shifted, re-lit copy)
 
 
 def split_validation(names: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -134,6 +137,32 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: f
         total = probability.sum((1, 2, 3)) + person.sum((1, 2, 3))
         loss = loss + dice_weight * (1 - (2 * intersection + 1) / (total + 1)).mean()
     return loss
+
+
+CONSISTENCY_SHIFT = 6  # largest shift of the copy, in pixels: beyond the stem's stride of 4
+
+
+def consistency_loss(model: Tiramisu, image: torch.Tensor, logits: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """How much the person probability changes when the batch is shifted by a few pixels, re-lit
+    (gain ±15 %, offset ±0.05) and given sensor noise, as consecutive frames of a still camera
+    are: the mean absolute difference of the two probabilities, the copy's moved back, over the
+    pixels both views see. It needs no labels, and it acts where they leave the network
+    unsure (soft edges, things that look a little like people), which is where a matte flickers
+    from frame to frame."""
+    dy, dx = torch.randint(-CONSISTENCY_SHIFT, CONSISTENCY_SHIFT + 1, (2,), generator=generator).tolist()
+    batch = image.shape[0]
+    gain = 1 + (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3
+    offset = (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.1
+    noise = torch.randn(image.shape, generator=generator) * 0.02
+    copy = (torch.roll(image, (dy, dx), dims=(2, 3)) * gain + offset + noise).clamp(0, 1)
+    probability = torch.softmax(logits, dim=1)[:, 1:2]
+    moved = torch.roll(probability, (dy, dx), dims=(2, 3))
+    copy_probability = torch.softmax(model(copy), dim=1)[:, 1:2]
+    height, width = image.shape[-2:]
+    rows = slice(max(dy, 0), height + min(dy, 0))  # what the roll did not wrap around
+    columns = slice(max(dx, 0), width + min(dx, 0))
+    return (moved - copy_probability)[..., rows, columns].abs().mean()
 
 
 def _flip_only(images: torch.Tensor, masks: torch.Tensor, out_size, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,7 +314,10 @@ def train(settings: TrainSettings) -> None:
         for _ in (progress := tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False)):
             image, target = draw_batch(pools, shares, landscape_shares, settings, augment_settings, backgrounds,
                                        generator)
-            loss = segmentation_loss(model(image), target, dice_weight)
+            logits = model(image)
+            loss = segmentation_loss(logits, target, dice_weight)
+            if settings.consistency:
+                loss = loss + settings.consistency * consistency_loss(model, image, logits, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -370,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="smallest zoom of the augmentation; below 1 makes people smaller (default: %(default)s)")
     parser.add_argument("--ema", type=float, default=defaults.ema,
                         help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
+    parser.add_argument("--consistency", type=float, default=defaults.consistency,
+                        help="weight of the loss between each batch's answer and a shifted, re-lit, noisy copy's "
+                             "(steadier mattes; twice the time a step; default: off)")
     args = parser.parse_args(argv)
     return run_cli(lambda: run(args))
 

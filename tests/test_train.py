@@ -11,7 +11,7 @@ import torch
 
 from engines.data import load_portraits, paste_people
 from engines.tiramisu import Tiramisu, load_weights, save_weights
-from engines.train import TrainSettings, main, open_model, segmentation_loss
+from engines.train import TrainSettings, consistency_loss, main, open_model, segmentation_loss
 
 
 def paint_portraits(root, count: int = 20) -> None:
@@ -70,6 +70,42 @@ def test_unknown_pixels_are_left_out_of_the_loss():
     wrong = segmentation_loss(logits, target, dice_weight=0.5)
     target[:, 1, :, 4:] = 1  # the right half is unknown
     assert segmentation_loss(logits, target, dice_weight=0.5) < 0.05 < wrong
+
+
+class _PixelModel(torch.nn.Module):
+    """Person logit = `weight` × (green − 0.5): an answer that follows each pixel's colour."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(weight))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        person = self.weight * (image[:, 1:2] - 0.5)
+        return torch.cat([-person, person], 1)
+
+
+def test_consistency_loss_measures_how_much_the_answer_moves_with_the_copy():
+    """Zero for a network that ignores the picture; for one that follows it pixel by pixel, it
+    grows with how strongly it follows the light and noise, and its gradient says to follow less."""
+    image = torch.rand(4, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    still = _PixelModel(0.0)
+    assert consistency_loss(still, image, still(image), torch.Generator().manual_seed(1)) == 0
+    losses = []
+    for weight in (2.0, 8.0):
+        model = _PixelModel(weight)
+        loss = consistency_loss(model, image, model(image), torch.Generator().manual_seed(1))
+        loss.backward()
+        assert model.weight.grad > 0
+        losses.append(loss.item())
+    assert 0 < losses[0] < losses[1]
+
+
+def test_train_with_consistency_runs(tmp_path):
+    data, out = tmp_path / "portraits", tmp_path / "run"
+    paint_portraits(data)
+    assert main(["--data", str(data), "--out", str(out), "--size", "48x64", "--batch", "6", "--threads", "1",
+                 "--epochs", "1", "--consistency", "1"]) == 0
+    assert json.loads((out / "settings.json").read_text())["consistency"] == 1
 
 
 def test_paste_people_adds_the_other_samples_person_and_keeps_both_labelled():
