@@ -136,7 +136,7 @@ def test_mirror_averaging_flips_the_mirror_images_matte_back():
     assert torch.allclose(MirrorAveraged(RightLeaning())(images), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, growth", [(None, 12), (FILE_MODEL, 16)])
+@pytest.mark.parametrize("name, growth", [(None, 16), (FILE_MODEL, 16), ("compact", 12)])
 def test_shipped_default_models_resolve_to_both_formats(name, growth):
     files = resolve_model(name)
     assert files.safetensors is not None and files.safetensors.is_file()
