@@ -4,7 +4,9 @@ Frames travel as H×W×3 uint8 RGB tensors (a zero-copy view of the numpy frame 
 uploaded once on a GPU). Mattes are H×W×1 float32 in [0, 1]. On CUDA every stage is torch
 and nothing copies to the host. On the CPU the full-resolution work runs in OpenCV's SIMD
 kernels on zero-copy numpy views of the same tensors: each full-resolution pixel is read
-about once per stage, with no float copy of a picture.
+about once per stage, with no float copy of a picture. The filters at the network's size
+(`box_mean`, `half_size`, `gaussian_blur`) run there too, plane by plane: on tensors that
+small, torch's pooling and convolutions cost several times more.
 """
 from __future__ import annotations
 
