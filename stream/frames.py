@@ -41,9 +41,8 @@ def preprocess(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _per_plane(image: torch.Tensor, operation, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """N×C×h×w CPU tensor → `operation(plane, out)` on each h×w float32 plane into one array
-    (planes of `size` (h, w) when it changes them): OpenCV's SIMD kernels without a copy per
-    plane, where torch's pooling and convolutions at the network's size cost several times more."""
+    """N×C×h×w CPU tensor → `operation(plane, out)` on each h×w float32 plane, written into
+    one array (of planes `size` (h, w) when the operation changes it)."""
     batch, channels, height, width = image.shape
     planes = image.to(torch.float32).contiguous().numpy().reshape(batch * channels, height, width)
     out = np.empty((batch * channels, *(size or (height, width))), np.float32)
@@ -72,10 +71,12 @@ def half_size(image: torch.Tensor) -> torch.Tensor:
     if image.is_cuda:
         return F.avg_pool2d(image, 2, ceil_mode=True)
     height, width = image.shape[-2:]
+    odd = height % 2 or width % 2  # the network's sizes are even: no copy there
 
     def halve(plane: np.ndarray, out: np.ndarray) -> None:
-        even = cv2.copyMakeBorder(plane, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
-        cv2.resize(even, out.shape[::-1], dst=out, interpolation=cv2.INTER_AREA)
+        if odd:
+            plane = cv2.copyMakeBorder(plane, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+        cv2.resize(plane, out.shape[::-1], dst=out, interpolation=cv2.INTER_AREA)
 
     return _per_plane(image, halve, ((height + 1) // 2, (width + 1) // 2))
 

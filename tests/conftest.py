@@ -1,4 +1,5 @@
-"""Shared fixtures: media the tests make themselves, and an in-memory virtual camera."""
+"""Shared fixtures: media the tests make themselves, an in-memory virtual camera, and networks
+with batch-norm statistics as training leaves them."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -8,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import pyvirtualcam
+import torch
 
 
 def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (320, 240), fps: int = 24,
@@ -87,3 +89,16 @@ def memory_camera():
 @pytest.fixture
 def clip(tmp_path) -> Path:
     return make_clip(tmp_path / "clip.mp4")
+
+
+def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Random batch-norm statistics and affine terms, as training leaves them (so that the
+    output depends on them), in eval mode."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor in (module.weight, module.bias, module.running_mean):
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model.eval()

@@ -18,6 +18,7 @@ from engines.models import FILE_MODEL, resolve_model
 from engines.segmenter import MirrorAveraged, open_segmenter
 from engines.tiramisu import PRESETS, Tiramisu, TiramisuConfig, load_weights, save_weights
 from engines.widen import widen
+from tests.conftest import trained_looking
 
 
 @pytest.mark.parametrize("preset, millions", [("fc56", 1.4), ("fc67", 3.5), ("fc103", 9.3)])
@@ -42,21 +43,9 @@ def test_alpha_is_the_two_class_softmax_of_the_logits():
         assert torch.allclose(model.alpha(image), expected, atol=1e-5)
 
 
-def _trained_looking(model: Tiramisu) -> Tiramisu:
-    """Random batch-norm statistics and affine terms, as training leaves them."""
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                for tensor in (module.weight, module.bias, module.running_mean):
-                    tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-    return model.eval()
-
-
 @pytest.mark.parametrize("height, width", [(144, 256), (99, 131)])
 def test_widening_keeps_the_output_and_adds_trainable_maps(height, width):
-    narrow = _trained_looking(Tiramisu.from_preset("compact"))
+    narrow = trained_looking(Tiramisu.from_preset("compact"))
     wide = widen(narrow, PRESETS["compact16"])
     image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -74,7 +63,7 @@ def test_widening_keeps_the_output_and_adds_trainable_maps(height, width):
 def test_widening_keeps_the_output_of_other_shapes_of_network():
     # No stem stride, blocks of unequal depth, an odd growth step and an odd input size.
     narrow_config = TiramisuConfig(down_layers=(2, 3, 1), bottleneck_layers=2, growth=5, first_channels=16)
-    narrow = _trained_looking(Tiramisu(narrow_config))
+    narrow = trained_looking(Tiramisu(narrow_config))
     wide = widen(narrow, replace(narrow_config, growth=9)).eval()
     image = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
