@@ -18,7 +18,8 @@ pool; each sample of a batch comes from a pool drawn by its share (default: by p
 person of one sample over another, so frames hold several people from different folders.
 `--backgrounds` is a folder of photos with nobody in them that people are pasted onto.
 `--init` starts from trained weights of the preset, or of a network that differs from it
-only by a smaller growth rate, widened by `engines.widen` (the same output to start with).
+only by a smaller growth rate or shallower blocks, grown by `engines.widen` (the same output
+to start with).
 `--consistency` adds `consistency_loss`: each batch also runs shifted by a few pixels and
 re-lit, and the two answers are pulled together (for steadier mattes in the live loop).
 
@@ -223,8 +224,8 @@ def draw_batch(pools: list[Pool], shares: torch.Tensor, landscape_shares: torch.
 
 
 def open_model(settings: TrainSettings) -> Tiramisu:
-    """A new network of the preset, or the `--init` weights (of that preset, or narrower ones
-    widened to it)."""
+    """A new network of the preset, or the `--init` weights (of that preset, or narrower or
+    shallower ones grown to it)."""
     if not settings.init:
         return Tiramisu.from_preset(settings.preset)
     model = load_weights(settings.init)

@@ -1,9 +1,11 @@
-"""Widen a trained Tiramisu to a larger growth rate without changing what it computes.
+"""Widen or deepen a trained Tiramisu without changing what it computes.
 
     model = widen(load_weights("engines/weights/compact.safetensors"), PRESETS["compact16"])
 
-Every dense layer of the wider network makes the old layer's maps followed by new ones (the
-Net2Net idea, Chen et al. 2016). Where a layer reads its input, the old weights are copied to
+The larger network may have a larger growth rate and more layers in each dense block (the
+same number of levels). Every dense layer of the larger network makes the old layer's maps
+followed by new ones, and each block's extra layers come after the old ones (the Net2Net
+idea, Chen et al. 2016). Where a layer reads its input, the old weights are copied to
 the old maps' new positions and the weights reading the new maps start at zero, so the wider
 network's output equals the narrow one's; the new maps' own weights keep their random start
 and training grows them from there. Training then starts from the narrow network's accuracy
@@ -23,10 +25,16 @@ Places = torch.Tensor
 
 
 def widen(narrow: Tiramisu, config: TiramisuConfig) -> Tiramisu:
-    """A network of `config` (`narrow`'s config with a growth rate at least as large) whose
-    output equals `narrow`'s."""
-    if replace(config, growth=narrow.config.growth) != narrow.config or config.growth < narrow.config.growth:
-        raise ValueError(f"cannot widen {narrow.config} to {config}: only a larger growth rate is supported")
+    """A network of `config` (`narrow`'s config with a growth rate and block depths at least
+    as large) whose output equals `narrow`'s."""
+    old = narrow.config
+    same_shape = replace(config, growth=old.growth, down_layers=old.down_layers,
+                         bottleneck_layers=old.bottleneck_layers) == old
+    deeper = len(config.down_layers) == len(old.down_layers) and all(
+        new >= was for new, was in zip((*config.down_layers, config.bottleneck_layers, config.growth),
+                                       (*old.down_layers, old.bottleneck_layers, old.growth)))
+    if not (same_shape and deeper):
+        raise ValueError(f"cannot widen {old} to {config}: only a larger growth rate and deeper blocks are supported")
     wide = Tiramisu(config)
     with torch.no_grad():
         _copy_network(narrow, wide)
@@ -58,7 +66,8 @@ def _copy_network(narrow: Tiramisu, wide: Tiramisu) -> None:
 
 def _copy_block(old: DenseBlock, new: DenseBlock, places: Places, width: int) -> tuple[Places, int]:
     """Copy a dense block whose input's channels sit at `places` of a `width`-channel map;
-    returns where its new maps sit in the wide block's output, and that output's width."""
+    returns where its new maps sit in the wide block's output, and that output's width. The
+    wide block's extra layers keep their random weights."""
     old_growth, new_growth = old.layers[0][2].out_channels, new.layers[0][2].out_channels
     made = torch.empty(0, dtype=torch.long)
     for index, (old_layer, new_layer) in enumerate(zip(old.layers, new.layers)):

@@ -70,11 +70,28 @@ def test_widening_keeps_the_output_of_other_shapes_of_network():
         assert torch.allclose(wide.alpha(image), narrow.alpha(image), atol=1e-5)
 
 
+def test_deepening_keeps_the_output_and_trains_the_extra_layers():
+    narrow = trained_looking(Tiramisu.from_preset("compact16"))
+    deep = widen(narrow, PRESETS["compact16-deep"])
+    image = torch.rand(2, 3, 99, 131, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.allclose(deep.alpha(image), narrow.alpha(image), atol=1e-5)
+    assert len(deep.bottleneck.layers) == 5 and len(deep.down_blocks[3].layers) == 5
+    # The bottleneck's extra layers feed the first up transition through weights that start
+    # at zero, and are trained from there.
+    up = deep.transitions_up[0].weight  # in × out × k × k
+    assert up[3 * 16:, :3 * 16].abs().sum() == 0
+    deep(image).sum().backward()
+    assert up.grad[3 * 16:, :3 * 16].abs().sum() > 0
+
+
 def test_widening_refuses_anything_but_a_larger_growth_rate():
     with pytest.raises(ValueError, match="only a larger growth rate"):
         widen(Tiramisu.from_preset("compact16"), PRESETS["compact"])
     with pytest.raises(ValueError, match="only a larger growth rate"):
         widen(Tiramisu.from_preset("compact"), PRESETS["fc56"])
+    with pytest.raises(ValueError, match="deeper blocks"):
+        widen(Tiramisu.from_preset("compact16-deep"), PRESETS["compact16"])
 
 
 def test_weights_round_trip_without_pickle(tmp_path):
