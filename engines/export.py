@@ -10,9 +10,10 @@ The file is checked with `onnx.checker`, and ONNX Runtime's output is compared w
 PyTorch's on a random input before the export is accepted. `--int8 FOLDER` writes an int8
 model for ONNX Runtime's CPU provider instead (`NAME-int8.onnx`): static quantisation with
 per-channel weights, the activations' ranges calibrated on the first 64 images of FOLDER's
-`train.txt` at the model's network size. It is accepted when its matte agrees with
+`train.txt` at the model's network size (each range spans the middle 99.998 % of the values
+seen, so that a few extreme values do not coarsen every step). It is accepted when its matte agrees with
 PyTorch's at 90 % IoU or more on the next 8 images, not calibrated on (the shipped
-`compact-int8`: 99.06 %). TensorRT takes the float file. Nothing takes the output's name
+`compact-int8`: 99.27 %). TensorRT takes the float file. Nothing takes the output's name
 before its check has passed.
 """
 from __future__ import annotations
@@ -107,9 +108,11 @@ def calibration_images(folder: Path, spec: InferenceSpec, count: int = CALIBRATI
 def export_int8(model: Tiramisu, path: Path | str, calibration: list[np.ndarray], spec: InferenceSpec) -> Path:
     """Write an int8 model for ONNX Runtime's CPU provider to `path` (the caller checks it
     before giving it its name): QDQ format, weights per channel in 7 bits (`reduce_range`: no
-    overflow on CPUs without VNNI), uint8 activations with ranges from `calibration`."""
+    overflow on CPUs without VNNI), uint8 activations with ranges from `calibration`
+    (percentile calibration: the middle 99.998 % of each activation's values)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -131,7 +134,7 @@ def export_int8(model: Tiramisu, path: Path | str, calibration: list[np.ndarray]
         try:
             quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            reduce_range=True)
+                            reduce_range=True, calibrate_method=CalibrationMethod.Percentile)
         finally:
             root.setLevel(level)
         proto = onnx.load(str(quantized))
