@@ -353,7 +353,7 @@ def resume(path: Path, model: Tiramisu, average, optimizer, schedule) -> tuple[i
         average.load_state_dict(checkpoint["average"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     schedule.load_state_dict(checkpoint["schedule"])
-    print(f"resumed after epoch {checkpoint['epoch']} (best validation IoU {checkpoint['best']:.2f})")
+    print(f"resumed after epoch {checkpoint['epoch'] + 1} (best validation IoU {checkpoint['best']:.2f})")
     return checkpoint["epoch"] + 1, checkpoint["best"]
 
 

@@ -14,6 +14,7 @@ from stream.backgrounds import open_background
 from stream.chain import MatteChain
 from stream.pipeline import FrameProcessor, LoopSettings, run_loop
 from stream.sinks import Command, NullSink
+from stream.smoothing import TemporalSmoother
 from stream.sources import Frame, LatestFrameReader
 from stream.timing import StageClock
 
@@ -132,6 +133,44 @@ def test_the_matte_view_keeps_an_opaque_alpha_when_the_output_is_rgba():
     processor.handle(Command.TOGGLE_MATTE)
     matte = processor(CountingCamera().read(), StageClock(torch.device("cpu")))
     assert matte.shape == (24, 32, 4) and (matte[..., 3] == 255).all()
+
+
+class ConstantPerson:
+    """A stand-in network whose person probability is `value` everywhere."""
+
+    name, device, spec = "constant", torch.device("cpu"), InferenceSpec(long_side=32, multiple=8)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full((images.shape[0], 1, *images.shape[2:]), self.value)
+
+
+@pytest.mark.parametrize("change", ["restart", "size"])
+def test_a_restarted_source_or_a_new_size_starts_the_smoothing_afresh(change):
+    """After frames at 0.6, a still frame at 0.3 is pulled up towards 0.6 by the smoother;
+    after a restart or a change of size it comes out as from a processor that saw nothing before."""
+    def matte_view(network: ConstantPerson) -> FrameProcessor:
+        processor = FrameProcessor(MatteChain(network, TemporalSmoother(0.9)), [open_background("green")])
+        processor.handle(Command.TOGGLE_MATTE)
+        return processor
+
+    clock, network = StageClock(torch.device("cpu")), ConstantPerson(0.6)
+    processor, still = matte_view(network), CountingCamera().read()
+    for _ in range(4):
+        processor(still, clock)
+    if change == "restart":
+        fresh = Frame(still.image, 0, time.perf_counter(), restarted=True)
+    else:
+        fresh = Frame(np.zeros((48, 64, 3), np.uint8), 5, time.perf_counter())
+    unseen = matte_view(ConstantPerson(0.3))(fresh, clock)
+    network.value = 0.3
+    assert processor(Frame(still.image, 4, time.perf_counter()), clock).mean() > unseen.mean() + 20  # smoothed
+    network.value = 0.6
+    processor(still, clock)
+    network.value = 0.3
+    assert np.array_equal(processor(fresh, clock), unseen)
 
 
 class RecordingSink(NullSink):

@@ -78,14 +78,14 @@ def test_engine_only_reports_each_backend(run_fps, tmp_path):
     assert all(("ms" in entry) != ("skipped" in entry) for entry in entries.values())
 
 
-@pytest.mark.parametrize("command, message", [
-    (["benchmarks/run_fps.py", "--source", "missing.mp4"], "error: source 'missing.mp4' not found"),
-    (["benchmarks/evaluate.py", "--data", "no/such/folder"], "error: no data folder no/such/folder"),
-    (["-m", "engines.export", "engines/weights/compact.safetensors"], "error: engines/weights/compact.onnx exists"),
+@pytest.mark.parametrize("command, message, code", [
+    (["benchmarks/run_fps.py", "--source", "missing.mp4"], "error: source 'missing.mp4' not found", 1),
+    (["benchmarks/evaluate.py", "--data", "no/such/folder"], "error: no data folder no/such/folder", 1),
+    (["-m", "engines.export", "engines/weights/compact.safetensors"], "error: engines/weights/compact.onnx exists", 2),
 ])
-def test_every_command_gives_one_line_for_bad_input(command, message):
+def test_every_command_gives_one_line_for_bad_input(command, message, code):
     result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert result.returncode == code and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
 
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import torch
 
+import engines.train
 from engines.data import load_portraits, paste_people
 from engines.tiramisu import Tiramisu, load_weights, save_weights
 from engines.train import TrainSettings, consistency_loss, main, open_model, segmentation_loss
@@ -33,7 +34,7 @@ def paint_portraits(root, count: int = 20) -> None:
     (root / "train.txt").write_text("\n".join(names) + "\n")
 
 
-def test_train_writes_checkpoints_and_resumes(tmp_path):
+def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
     data, out = tmp_path / "portraits", tmp_path / "run"
     paint_portraits(data)
     common = ["--data", str(data), "--out", str(out), "--size", "48x64", "--batch", "6", "--threads", "1"]
@@ -43,9 +44,20 @@ def test_train_writes_checkpoints_and_resumes(tmp_path):
     assert (out / "grid_002.png").exists() and (out / "last.pt").exists()
     model = load_weights(out / "best.safetensors")
     assert model.config.stem_stride == 4
+    capsys.readouterr()
     main([*common, "--epochs", "3", "--resume"])
+    assert f"resumed after epoch 2 (best validation IoU {log[1]['best']:.2f})" in capsys.readouterr().out
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
+
+
+def test_a_checkpoint_below_the_portrait_floor_is_never_kept(tmp_path):
+    data, out = tmp_path / "portraits", tmp_path / "run"
+    paint_portraits(data)
+    assert main(["--data", str(data), "--out", str(out), "--size", "48x64", "--batch", "6", "--threads", "1",
+                 "--epochs", "1", "--floor", "100.01"]) == 0
+    (entry,) = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert entry["best"] == -1 and not (out / "best.safetensors").exists() and (out / "last.pt").exists()
 
 
 def test_images_of_another_shape_are_cropped_not_squashed(tmp_path):
@@ -101,11 +113,21 @@ def test_consistency_loss_measures_how_much_the_answer_moves_with_the_copy():
     assert 0 < losses[0] < losses[1]
 
 
-def test_train_with_consistency_runs(tmp_path):
+def test_train_with_consistency_adds_its_loss_at_every_step(tmp_path, monkeypatch):
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return consistency_loss(*args)
+
+    monkeypatch.setattr(engines.train, "consistency_loss", counted)
     data, out = tmp_path / "portraits", tmp_path / "run"
     paint_portraits(data)
-    assert main(["--data", str(data), "--out", str(out), "--size", "48x64", "--batch", "6", "--threads", "1",
-                 "--epochs", "1", "--consistency", "1"]) == 0
+    common = ["--data", str(data), "--size", "48x64", "--batch", "6", "--threads", "1", "--epochs", "1"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert not calls
+    assert main([*common, "--out", str(out), "--consistency", "1"]) == 0
+    assert len(calls) == 3  # 18 training images, batches of 6
     assert json.loads((out / "settings.json").read_text())["consistency"] == 1
 
 
@@ -157,6 +179,15 @@ def test_a_ground_shadow_is_the_person_flipped_about_the_feet_and_flattened():
     rows, columns = torch.nonzero(shaded[0, 0] < 0.8, as_tuple=True)
     assert 39 <= rows.min() <= 41 and 53 <= rows.max() <= 58
     assert columns.min() >= 18 and columns.max() <= 29
+
+
+def test_init_weights_of_the_preset_are_loaded_as_they_are(tmp_path):
+    trained = trained_looking(Tiramisu.from_preset("compact"))
+    path = tmp_path / "trained.safetensors"
+    save_weights(trained, path)
+    opened = open_model(TrainSettings(data=(), init=str(path), preset="compact")).state_dict()
+    assert opened.keys() == trained.state_dict().keys()
+    assert all(torch.equal(opened[name], value) for name, value in trained.state_dict().items())
 
 
 def test_narrower_init_weights_are_widened_to_the_preset(tmp_path, capsys):

@@ -89,13 +89,13 @@ def test_batching_does_not_change_the_result(talk, tmp_path):
     assert difference.max() <= 2  # the same mattes, up to float rounding (FFV1 is lossless)
 
 
-def test_matte_only_has_one_channel(talk, tmp_path):
+def test_matte_only_writes_the_matte_as_one_grey_channel(talk, tmp_path, left_half):
     out = tmp_path / "matte.mkv"
-    process_video(VideoSettings(talk, out, matte_only=True))
+    process_video(VideoSettings(talk, out, matte_only=True, mirror=False))
     with av.open(str(out)) as container:
-        frame = next(container.decode(video=0))
-    assert frame.format.name == "gray"
-    assert frame.to_ndarray().ndim == 2
+        frames = list(container.decode(video=0))
+    assert len(frames) == 30 and frames[10].format.name == "gray"
+    assert_left_half_alpha(frames[10].to_ndarray())
 
 
 def test_prores_keeps_alpha(talk, tmp_path, left_half):
@@ -147,6 +147,10 @@ def test_interrupt_leaves_a_playable_file_with_the_frames_done(talk, tmp_path):
     summary = process_video(VideoSettings(talk, out, bg="blur", batch=4), on_frame=interrupt)
     assert summary.interrupted and summary.frames == 12
     assert len(video_timestamps(out)) == 12
+    with av.open(str(out)) as container:  # the sound goes on at least as long as the frames kept (12 at 25 fps)
+        last = [p for p in container.demux(container.streams.audio[0]) if p.size][-1]
+        assert float((last.pts + last.duration) * last.time_base) >= 12 / 25
+    assert audio_packets(out) == audio_packets(talk)[: len(audio_packets(out))]  # copied unchanged
 
 
 def test_refuses_to_overwrite_input_or_existing_output(talk, tmp_path):
