@@ -11,9 +11,10 @@ from engines.tiramisu import InferenceSpec, weights_header
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # The default of the live loop and the benchmarks: `compact16-steady` (below)
 # deepened at its two lowest resolutions and in the bottleneck (`engines.widen`) and trained
-# further with the consistency loss. Against `compact16-steady` it is 2.0 IoU higher on
-# `coco_subsets` and 1.1 on `davis2016` (the other lists within ±0.6), flickers less on the
-# hike clip, and costs about 5 % of the live loop's frames per second on two CPU cores.
+# further with the consistency loss. Against `compact16-steady` it is 1.9 IoU higher on
+# `coco_subsets`, 1.1 on `davis2016` and 1.2 on `camvid` (the other lists within 0.25),
+# flickers less on the hike clip, and costs about 5 % of the live loop's frames per second
+# on two CPU cores.
 DEFAULT_MODEL = "compact16-deep"
 # File mode's default: `compact` widened to growth 16 and trained further. With the
 # look-ahead and mirror averaging of file mode it is ahead of `compact16-deep` on `ccp` and
