@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -165,6 +165,12 @@ class AugmentSettings:
     uneven_light: float = 0.4
     dark_clothes: float = 0.2
     shadow: float = 0.3  # chance of the person's shadow on the ground or on a wall behind
+
+    def with_chances(self, factor: float) -> AugmentSettings:
+        """These settings with the chance of each optional step (another background, blur,
+        noise, uneven light, dark clothes, a shadow) multiplied by `factor`."""
+        return replace(self, **{name: getattr(self, name) * factor
+                                for name in ("paste", "blur", "noise", "uneven_light", "dark_clothes", "shadow")})
 
 
 class _Draw:

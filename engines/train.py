@@ -22,6 +22,9 @@ only by a smaller growth rate or shallower blocks, grown by `engines.widen` (the
 to start with).
 `--consistency` adds `consistency_loss`: each batch also runs shifted by a few pixels and
 re-lit, and the two answers are pulled together (for steadier mattes in the live loop).
+`--augment-chances` scales the chance of each optional augmentation step (other backgrounds,
+blur, noise, uneven light, dark clothes, shadows); 0 keeps only scale, position, flips and
+light, for a last pass at a low rate on pictures closer to the ones scored.
 
 Each pool is validated on its `val.txt`, or on a fixed tenth held out of `train.txt` where it
 has none. The rule for the checkpoint kept as `best.safetensors`: the highest mean of the
@@ -83,6 +86,8 @@ class TrainSettings:
     init: str | None = None
     min_scale: float = 0.7
     ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
+    augment_chances: float = 1.0  # times the chance of each optional augmentation step (0: only scale, shift,
+    # rotation, flips and light)
     consistency: float = 0.0  # >0: weight of `consistency_loss` (each batch also runs on a shifted, re-lit copy)
 
 
@@ -306,7 +311,8 @@ def train(settings: TrainSettings) -> None:
         start_epoch, best = resume(checkpoint_path, model, average, optimizer, schedule)
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
-    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]))
+    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1])).with_chances(
+        settings.augment_chances)
     dice_weight = settings.dice_weight if settings.recipe != "seed" else 0.0
     for epoch in range(start_epoch, settings.epochs):
         model.train()
@@ -403,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="smallest zoom of the augmentation; below 1 makes people smaller (default: %(default)s)")
     parser.add_argument("--ema", type=float, default=defaults.ema,
                         help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
+    parser.add_argument("--augment-chances", type=float, default=defaults.augment_chances,
+                        help="scale the chance of each optional augmentation step (default: %(default)s)")
     parser.add_argument("--consistency", type=float, default=defaults.consistency,
                         help="weight of the loss between each batch's answer and a shifted, re-lit, noisy copy's "
                              "(steadier mattes; twice the time a step; default: off)")

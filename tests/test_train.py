@@ -181,6 +181,30 @@ def test_a_ground_shadow_is_the_person_flipped_about_the_feet_and_flattened():
     assert columns.min() >= 18 and columns.max() <= 29
 
 
+def test_augmentation_with_no_optional_steps_keeps_the_photo_plain():
+    """A red person on a flat green photo that fills the frame: with the optional steps' chances
+    at 0 every background stays flat and green (only light and colour change); at full chances
+    other backgrounds, blur, noise and uneven light come in."""
+    from engines.data import AugmentSettings, augment
+
+    images = torch.zeros(32, 3, 64, 48, dtype=torch.uint8)
+    images[:, 1] = 200
+    masks = torch.zeros(32, 2, 64, 48, dtype=torch.uint8)
+    masks[:, 0, 20:64, 16:32] = 255
+    images[:, 0] = masks[:, 0]
+    images[:, 1] -= (masks[:, 0] > 0).to(torch.uint8) * 200
+    still = AugmentSettings(scale=(1.0, 1.0), shift=0.0, rotate_degrees=0.0)
+
+    def backgrounds(settings: AugmentSettings) -> list[torch.Tensor]:
+        out, labels = augment(images, masks, (64, 48), torch.Generator().manual_seed(0), settings)
+        return [image[:, label[0] == 0] for image, label in zip(out, labels)]
+
+    plain = backgrounds(still.with_chances(0.0))
+    assert all(((b[1] > b[0]) & (b[1] > b[2])).all() and b.std(1).max() < 1e-3 for b in plain)
+    busy = backgrounds(still.with_chances(1.0))
+    assert sum(b.std(1).max() > 0.01 for b in busy) >= 16
+
+
 def test_init_weights_of_the_preset_are_loaded_as_they_are(tmp_path):
     trained = trained_looking(Tiramisu.from_preset("compact"))
     path = tmp_path / "trained.safetensors"
