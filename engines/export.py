@@ -13,8 +13,8 @@ per-channel weights, the activations' ranges calibrated on the first 64 images o
 `train.txt` at the model's network size (each range spans the middle 99.998 % of the values
 seen, so that a few extreme values do not coarsen every step). It is accepted when its
 matte agrees with PyTorch's at 90 % IoU or more on the next 8 images, not calibrated on
-(the shipped `compact-int8`: 99.27 %). TensorRT takes the float file. Nothing takes the output's name
-before its check has passed.
+(the shipped `compact-int8`: 99.27 %). TensorRT takes the float file. Nothing takes the
+output's name before its check has passed.
 """
 from __future__ import annotations
 

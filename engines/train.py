@@ -86,8 +86,7 @@ class TrainSettings:
     init: str | None = None
     min_scale: float = 0.7
     ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
-    augment_chances: float = 1.0  # times the chance of each optional augmentation step (0: only scale, shift,
-    # rotation, flips and light)
+    augment_chances: float = 1.0  # times the chance of each optional augmentation step (`with_chances`)
     consistency: float = 0.0  # >0: weight of `consistency_loss` (each batch also runs on a shifted, re-lit copy)
 
 
