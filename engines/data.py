@@ -153,6 +153,9 @@ def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.view(n, c, h, w)
 
 
+OPTIONAL_STEPS = ("paste", "blur", "noise", "uneven_light", "dark_clothes", "shadow")
+
+
 @dataclass(frozen=True)
 class AugmentSettings:
     scale: tuple[float, float] = (0.7, 1.3)  # <1 zooms out (person smaller)
@@ -166,11 +169,11 @@ class AugmentSettings:
     dark_clothes: float = 0.2
     shadow: float = 0.3  # chance of the person's shadow on the ground or on a wall behind
 
-    def with_chances(self, factor: float) -> AugmentSettings:
+    def with_chances(self, factor: float, keep: tuple[str, ...] = ()) -> AugmentSettings:
         """These settings with the chance of each optional step (another background, blur,
-        noise, uneven light, dark clothes, a shadow) multiplied by `factor`."""
-        return replace(self, **{name: getattr(self, name) * factor
-                                for name in ("paste", "blur", "noise", "uneven_light", "dark_clothes", "shadow")})
+        noise, uneven light, dark clothes, a shadow) multiplied by `factor`, except the steps
+        named in `keep`."""
+        return replace(self, **{name: getattr(self, name) * factor for name in OPTIONAL_STEPS if name not in keep})
 
 
 class _Draw:

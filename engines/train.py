@@ -24,7 +24,8 @@ to start with).
 re-lit, and the two answers are pulled together (for steadier mattes in the live loop).
 `--augment-chances` scales the chance of each optional augmentation step (other backgrounds,
 blur, noise, uneven light, dark clothes, shadows); 0 keeps only scale, position, flips and
-light, for a last pass at a low rate on pictures closer to the ones scored.
+light, for a last pass at a low rate on pictures closer to the ones scored. `--augment-keep`
+names steps it leaves as they are (for example `blur,noise`: camera effects stay).
 
 Each pool is validated on its `val.txt`, or on a fixed tenth held out of `train.txt` where it
 has none. The rule for the checkpoint kept as `best.safetensors`: the highest mean of the
@@ -54,7 +55,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from engines.cli import parse_size, run_cli
-from engines.data import AugmentSettings, augment, load_backgrounds, load_portraits, paste_people, read_split
+from engines.data import OPTIONAL_STEPS, AugmentSettings, augment, load_backgrounds, load_portraits, paste_people, read_split
 from engines.errors import BadArgument
 from engines.imaging import network_size, read_rgb
 from engines.metrics import batch_iou
@@ -87,6 +88,7 @@ class TrainSettings:
     min_scale: float = 0.7
     ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
     augment_chances: float = 1.0  # times the chance of each optional augmentation step (`with_chances`)
+    augment_keep: tuple[str, ...] = ()  # optional steps left at their own chance by `augment_chances`
     consistency: float = 0.0  # >0: weight of `consistency_loss` (each batch also runs on a shifted, re-lit copy)
 
 
@@ -311,7 +313,7 @@ def train(settings: TrainSettings) -> None:
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
     augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1])).with_chances(
-        settings.augment_chances)
+        settings.augment_chances, settings.augment_keep)
     dice_weight = settings.dice_weight if settings.recipe != "seed" else 0.0
     for epoch in range(start_epoch, settings.epochs):
         model.train()
@@ -379,6 +381,14 @@ def _folder(text: str) -> tuple[str, float | None]:
         return text, None
 
 
+def _steps(text: str) -> tuple[str, ...]:
+    steps = tuple(step for step in text.split(",") if step)
+    unknown = [step for step in steps if step not in OPTIONAL_STEPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step {unknown[0]!r}; choose from {', '.join(OPTIONAL_STEPS)}")
+    return steps
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = TrainSettings(data=())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -410,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
     parser.add_argument("--augment-chances", type=float, default=defaults.augment_chances,
                         help="scale the chance of each optional augmentation step (default: %(default)s)")
+    parser.add_argument("--augment-keep", type=_steps, default=defaults.augment_keep, metavar="STEP,...",
+                        help="optional steps that --augment-chances leaves as they are, from: "
+                             + ", ".join(OPTIONAL_STEPS))
     parser.add_argument("--consistency", type=float, default=defaults.consistency,
                         help="weight of the loss between each batch's answer and a shifted, re-lit, noisy copy's "
                              "(steadier mattes; twice the time a step; default: off)")

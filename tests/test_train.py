@@ -205,6 +205,14 @@ def test_augmentation_with_no_optional_steps_keeps_the_photo_plain():
     assert sum(b.std(1).max() > 0.01 for b in busy) >= 16
 
 
+def test_with_chances_leaves_the_kept_steps_as_they_are():
+    from engines.data import AugmentSettings
+
+    settings = AugmentSettings().with_chances(0.0, keep=("blur", "noise"))
+    assert (settings.blur, settings.noise) == (AugmentSettings.blur, AugmentSettings.noise)
+    assert settings.paste == settings.shadow == settings.uneven_light == settings.dark_clothes == 0.0
+
+
 def test_init_weights_of_the_preset_are_loaded_as_they_are(tmp_path):
     trained = trained_looking(Tiramisu.from_preset("compact"))
     path = tmp_path / "trained.safetensors"
