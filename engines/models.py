@@ -11,19 +11,21 @@ from engines.tiramisu import InferenceSpec, weights_header
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # The default of the live loop and the benchmarks: `compact16-steady` (below)
 # deepened at its two lowest resolutions and in the bottleneck (`engines.widen`) and trained
-# further with the consistency loss. Against `compact16-steady` it is 1.9 IoU higher on
-# `coco_subsets`, 1.1 on `davis2016` and 1.2 on `camvid` (the other lists within 0.25),
-# flickers less on the hike clip, and costs about 5 % of the live loop's frames per second
-# on two CPU cores.
+# further with the consistency loss. Against `compact16-steady` it is 2.2 IoU higher on
+# `coco_subsets`, 2.8 on `camvid`, 0.7 on `ccp` and 0.2 on the portraits (`davis2016` and
+# `pennfudan` within 0.2), as steady, and costs about 5 % of the live loop's frames per
+# second on two CPU cores.
 DEFAULT_MODEL = "compact16-deep"
-# File mode's default: `compact` widened to growth 16 and trained further. With the
-# look-ahead and mirror averaging of file mode it is ahead of `compact16-deep` on `ccp` and
-# `coco_subsets`, and keeps more of a head bent against a tree (`juggle.mp4`, frame 230).
-FILE_MODEL = "compact16"
+# File mode's default: `compact16-deep` trained further at a 320-pixel long side. With the
+# look-ahead and mirror averaging of file mode it is ahead of `compact16-deep` on moving and
+# mid-sized people (`davis2016` +2.8, `pennfudan` +1.5, `coco_subsets` +1.1) and steadier,
+# behind on the portraits, `ccp` and far pedestrians, and takes about a fifth longer.
+FILE_MODEL = "compact16-deep-320"
 # `compact16-steady`: `compact16` trained further with the consistency loss (`engines.train
 # --consistency`), where `compact16-deep` starts.
+# `compact16`: `compact` widened to growth 16 and trained further.
 # `compact`: the growth-12 network the others come from (0.54 M parameters).
-# `compact16-320`, `compact-320`: trained further at a 320-pixel long side (better on moving, mid-sized people).
+# `compact-320`: `compact` trained further at a 320-pixel long side (better on moving, mid-sized people).
 # `compact-int8` (an ONNX file only): `compact` quantised to int8 for ONNX Runtime on the CPU.
 
 

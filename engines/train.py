@@ -86,6 +86,7 @@ class TrainSettings:
     backgrounds: str | None = None
     init: str | None = None
     min_scale: float = 0.7
+    rotate: float = AugmentSettings.rotate_degrees  # the largest rotation of the augmentation, either way
     ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights and BN statistics
     augment_chances: float = 1.0  # times the chance of each optional augmentation step (`with_chances`)
     augment_keep: tuple[str, ...] = ()  # optional steps left at their own chance by `augment_chances`
@@ -312,7 +313,8 @@ def train(settings: TrainSettings) -> None:
         start_epoch, best = resume(checkpoint_path, model, average, optimizer, schedule)
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
-    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1])).with_chances(
+    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]),
+                                       rotate_degrees=settings.rotate).with_chances(
         settings.augment_chances, settings.augment_keep)
     dice_weight = settings.dice_weight if settings.recipe != "seed" else 0.0
     for epoch in range(start_epoch, settings.epochs):
@@ -416,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", help="start from these weights (.safetensors) instead of random ones")
     parser.add_argument("--min-scale", type=float, default=defaults.min_scale,
                         help="smallest zoom of the augmentation; below 1 makes people smaller (default: %(default)s)")
+    parser.add_argument("--rotate", type=float, default=defaults.rotate,
+                        help="largest rotation of the augmentation in degrees, either way (default: %(default)s)")
     parser.add_argument("--ema", type=float, default=defaults.ema,
                         help="keep a moving average of the weights with this decay per step, e.g. 0.998 (default: off)")
     parser.add_argument("--augment-chances", type=float, default=defaults.augment_chances,

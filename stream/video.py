@@ -6,7 +6,7 @@
     python -m stream.video talk.mp4 -o frames --bg none            # a folder of RGBA PNGs
     python -m stream.video talk.mp4 -o matte.mp4 --matte-only      # the matte alone, one channel
 
-File mode never drops a frame. Its default model is `compact16` (`engines.models.FILE_MODEL`).
+File mode never drops a frame. Its default model is `compact16-deep-320` (`engines.models.FILE_MODEL`).
 Frames go through the network in batches, each with its
 mirror image (the two mattes averaged; `--no-mirror` halves the network time), and
 smoothing looks one frame ahead as well as behind. Decoding and the matte chain run in one

@@ -213,6 +213,30 @@ def test_with_chances_leaves_the_kept_steps_as_they_are():
     assert settings.paste == settings.shadow == settings.uneven_light == settings.dark_clothes == 0.0
 
 
+def test_rotation_of_the_augmentation_stays_within_its_bound():
+    """A thin upright bar, rotated by the augmentation: its tilt is spread up to the bound
+    and never beyond it."""
+    from engines.data import AugmentSettings, augment
+
+    images = torch.zeros(64, 3, 96, 96, dtype=torch.uint8)
+    masks = torch.zeros(64, 2, 96, 96, dtype=torch.uint8)
+    masks[:, 0, 8:88, 46:50] = 255
+
+    def tilts(degrees: float) -> np.ndarray:
+        settings = AugmentSettings(scale=(1.0, 1.0), shift=0.0, rotate_degrees=degrees).with_chances(0.0)
+        _, labels = augment(images, masks, (96, 96), torch.Generator().manual_seed(0), settings)
+        angles = []
+        for label in labels[:, 0].numpy():
+            rows, columns = np.nonzero(label > 0.5)
+            slope = np.polyfit(rows, columns, 1)[0]  # columns per row: the bar's lean from upright
+            angles.append(np.degrees(np.arctan(abs(slope))))
+        return np.array(angles)
+
+    assert tilts(0.0).max() < 1.0
+    wide = tilts(30.0)
+    assert wide.max() <= 31.0 and wide.max() > 24.0 and np.median(wide) > 10.0
+
+
 def test_init_weights_of_the_preset_are_loaded_as_they_are(tmp_path):
     trained = trained_looking(Tiramisu.from_preset("compact"))
     path = tmp_path / "trained.safetensors"
