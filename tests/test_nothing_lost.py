@@ -123,7 +123,8 @@ def test_an_interrupted_overwrite_keeps_the_old_file_and_puts_the_new_frames_bes
 def test_a_killed_run_leaves_a_file_that_plays_and_the_next_run_keeps_it(tmp_path):
     clip = numbered_clip(tmp_path / "in.mp4", 256)
     out = tmp_path / "out.mp4"
-    command = [sys.executable, "-m", "stream.video", str(clip), "-o", str(out), "--bg", "green"]
+    # A photo background: every fragment is then several kilobytes, whatever the model finds.
+    command = [sys.executable, "-m", "stream.video", str(clip), "-o", str(out), "--bg", "beach.jpg"]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
     partial, deadline = partial_path(out), time.monotonic() + 120
     while (not partial.exists() or partial.stat().st_size < 8_000) and time.monotonic() < deadline:
