@@ -19,7 +19,8 @@ DEFAULT_MODEL = "compact16-deep"
 # File mode's default: `compact16-deep` trained further at a 320-pixel long side. With the
 # look-ahead and mirror averaging of file mode it is ahead of `compact16-deep` on moving and
 # mid-sized people (`davis2016` +2.2, `pennfudan` +1.5, `coco_subsets` +1.4) and steadier,
-# within 0.6 behind on the portraits, `ccp` and far pedestrians, and takes a fifth to a third longer.
+# within 0.6 behind on the portraits, `ccp` and far pedestrians, and takes a fifth to a
+# third longer.
 FILE_MODEL = "compact16-deep-320"
 # `compact16-steady`: `compact16` trained further with the consistency loss (`engines.train
 # --consistency`), where `compact16-deep` starts.

@@ -55,7 +55,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from engines.cli import parse_size, run_cli
-from engines.data import OPTIONAL_STEPS, AugmentSettings, augment, load_backgrounds, load_portraits, paste_people, read_split
+from engines.data import (OPTIONAL_STEPS, AugmentSettings, augment, load_backgrounds, load_portraits, paste_people,
+                          read_split)
 from engines.errors import BadArgument
 from engines.imaging import network_size, read_rgb
 from engines.metrics import batch_iou
@@ -313,9 +314,8 @@ def train(settings: TrainSettings) -> None:
         start_epoch, best = resume(checkpoint_path, model, average, optimizer, schedule)
 
     generator = torch.Generator().manual_seed(settings.seed + start_epoch)
-    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]),
-                                       rotate_degrees=settings.rotate).with_chances(
-        settings.augment_chances, settings.augment_keep)
+    augment_settings = AugmentSettings(scale=(settings.min_scale, AugmentSettings.scale[1]), rotate_degrees=settings.rotate)
+    augment_settings = augment_settings.with_chances(settings.augment_chances, settings.augment_keep)
     dice_weight = settings.dice_weight if settings.recipe != "seed" else 0.0
     for epoch in range(start_epoch, settings.epochs):
         model.train()
