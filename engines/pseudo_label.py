@@ -65,13 +65,15 @@ def _read_model(model: Path, member: str) -> bytes:
 
 
 class SelfieTeacher:
-    """MediaPipe selfie segmentation as a function of an RGB image, with mirror averaging.
+    """MediaPipe selfie segmentation as a function of an RGB image, with mirror averaging
+    unless `mirror` is off.
 
-    `model` is the .tflite file, or the mediapipe 0.10.21 wheel that holds it."""
+    `model` is the .tflite file (the general or the landscape model), or the mediapipe
+    0.10.21 wheel that holds the general one."""
 
     recurrent = False
 
-    def __init__(self, model: Path, threads: int = 2):
+    def __init__(self, model: Path, threads: int = 2, mirror: bool = True):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as error:
@@ -81,6 +83,7 @@ class SelfieTeacher:
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._height, self._width = (int(v) for v in self._input["shape"][1:3])
+        self._mirror = mirror
 
     def _run(self, small: np.ndarray) -> np.ndarray:
         self._interpreter.set_tensor(self._input["index"], small[None])
@@ -89,7 +92,9 @@ class SelfieTeacher:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         small = cv2.resize(image, (self._width, self._height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-        probability = 0.5 * (self._run(small) + self._run(np.ascontiguousarray(small[:, ::-1]))[:, ::-1])
+        probability = self._run(small)
+        if self._mirror:
+            probability = 0.5 * (probability + self._run(np.ascontiguousarray(small[:, ::-1]))[:, ::-1])
         return cv2.resize(probability, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     def reset(self) -> None:
@@ -133,8 +138,9 @@ class MattingTeacher:
         return alpha[0, 0]
 
 
-def open_teacher(model: Path, threads: int = 2) -> Teacher:
-    """The teacher that `model` (a wheel, .onnx or .tflite file) holds."""
+def open_teacher(model: Path, threads: int = 2, mirror: bool = True) -> Teacher:
+    """The teacher that `model` (a wheel, .onnx or .tflite file) holds. `mirror` is
+    MediaPipe's mirror averaging; Robust Video Matting, which is recurrent, is never mirrored."""
     if not Path(model).is_file():
         raise FileNotFoundError(f"no teacher model at {model}")
     if Path(model).suffix == ".whl":
@@ -143,12 +149,12 @@ def open_teacher(model: Path, threads: int = 2) -> Teacher:
         if MATTING_MEMBER in members:
             return MattingTeacher(model, threads)
         if SELFIE_MEMBER in members:
-            return SelfieTeacher(model, threads)
+            return SelfieTeacher(model, threads, mirror)
         raise UnusableInput(f"{model} holds neither {MATTING_MEMBER} nor {SELFIE_MEMBER}")
     if Path(model).suffix == ".onnx":
         return MattingTeacher(model, threads)
     if Path(model).suffix == ".tflite":
-        return SelfieTeacher(model, threads)
+        return SelfieTeacher(model, threads, mirror)
     raise BadArgument(f"a teacher is a .whl, .onnx or .tflite file, not {model}")
 
 

@@ -44,14 +44,19 @@ class CountingMatte(torch.nn.Module):
         return src, pha, r1i + 1, r2i, r3i, r4i
 
 
-def export_counting_matte(path):
+def export_matting(module: torch.nn.Module, path):
+    """`module` as an ONNX file with Robust Video Matting's inputs and outputs."""
     inputs = (torch.zeros(1, 3, 8, 8), *[torch.zeros(1, 1, 1, 1)] * 4, torch.ones(1))
     names = ["src", "r1i", "r2i", "r3i", "r4i", "downsample_ratio"]
-    torch.onnx.export(CountingMatte(), inputs, str(path), dynamo=False, opset_version=17, input_names=names,
+    torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17, input_names=names,
                       output_names=["fgr", "pha", "r1o", "r2o", "r3o", "r4o"],
                       dynamic_axes={"src": {2: "height", 3: "width"}, "fgr": {2: "height", 3: "width"},
                                     "pha": {2: "height", 3: "width"}})
     return path
+
+
+def export_counting_matte(path):
+    return export_matting(CountingMatte(), path)
 
 
 def test_confidence_rule():
