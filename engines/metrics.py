@@ -42,20 +42,22 @@ def boundary_f(predicted: np.ndarray, truth: np.ndarray, tolerance: int = 3) -> 
     return float(200 * precision * recall / (precision + recall))
 
 
-DISTANCE_BANDS = ((0, 3), (3, 10), (10, None))  # pixels from the true edge
+# Bands of distance from the true edge, in pixels, by name: errors at the edge are the
+# upsampling's and the matte's softness; errors far from it are whole regions taken or missed
+# (an object beside the person, a hat, a bystander).
+DISTANCE_BANDS = {"within_3px": (0, 3), "3_to_10px": (3, 10), "beyond_10px": (10, None)}
 
 
-def error_by_distance(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Wrong pixels counted by their distance from the true edge: a 3×2 array whose rows are
-    `DISTANCE_BANDS` (within 3 pixels, 3–10, beyond 10) and whose columns are false person and
-    missed person. Errors at the edge are the upsampling's and the matte's softness; errors
-    beyond 10 pixels are whole regions taken or missed (an object beside the person, a hat, a
-    bystander)."""
+def error_by_distance(predicted: np.ndarray, truth: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """The wrong pixels among the `known` ones, counted by their distance from the true edge:
+    a 3×2 array whose rows are `DISTANCE_BANDS` in order and whose columns are false person
+    and missed person. The edge is the true mask's own (one pixel on either side), wherever
+    unknown pixels lie."""
     edge = _edges(truth) | _edges(~truth)
-    distance = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
-    false, missed = predicted & ~truth, truth & ~predicted
+    distance = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    false, missed = predicted & ~truth & known, truth & ~predicted & known
     rows = []
-    for low, high in DISTANCE_BANDS:
+    for low, high in DISTANCE_BANDS.values():
         band = (distance >= low) & (distance < high if high is not None else True)
         rows.append(((false & band).sum(), (missed & band).sum()))
     return np.array(rows, np.int64)

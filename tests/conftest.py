@@ -1,5 +1,5 @@
-"""Shared fixtures: media the tests make themselves, an in-memory virtual camera, and networks
-with batch-norm statistics as training leaves them."""
+"""Shared fixtures: media the tests make themselves, an in-memory virtual camera, networks
+with batch-norm statistics as training leaves them, and stand-ins for Robust Video Matting."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -102,3 +102,14 @@ def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
                     tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
     return model.eval()
+
+
+def export_matting(module: torch.nn.Module, path):
+    """`module` as an ONNX file with Robust Video Matting's inputs and outputs."""
+    inputs = (torch.zeros(1, 3, 8, 8), *[torch.zeros(1, 1, 1, 1)] * 4, torch.ones(1))
+    names = ["src", "r1i", "r2i", "r3i", "r4i", "downsample_ratio"]
+    torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17, input_names=names,
+                      output_names=["fgr", "pha", "r1o", "r2o", "r3o", "r4o"],
+                      dynamic_axes={"src": {2: "height", 3: "width"}, "fgr": {2: "height", 3: "width"},
+                                    "pha": {2: "height", 3: "width"}})
+    return path

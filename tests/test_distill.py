@@ -16,7 +16,7 @@ from engines.data import background_crops, load_backgrounds, load_portraits
 from engines.pseudo_label import MattingTeacher, confident, label, open_teacher
 from engines.pseudo_label import main as label_main
 from engines.train import main as train_main
-from tests.conftest import make_clip
+from tests.conftest import export_matting, make_clip
 from tests.test_train import paint_portraits
 
 
@@ -42,21 +42,6 @@ class CountingMatte(torch.nn.Module):
         count = r1i.mean() + 1
         pha = (src[:, :1] > 0.5).float() * torch.clamp(count / 10, max=1.0) * downsample_ratio.clamp(max=1)
         return src, pha, r1i + 1, r2i, r3i, r4i
-
-
-def export_matting(module: torch.nn.Module, path):
-    """`module` as an ONNX file with Robust Video Matting's inputs and outputs."""
-    inputs = (torch.zeros(1, 3, 8, 8), *[torch.zeros(1, 1, 1, 1)] * 4, torch.ones(1))
-    names = ["src", "r1i", "r2i", "r3i", "r4i", "downsample_ratio"]
-    torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17, input_names=names,
-                      output_names=["fgr", "pha", "r1o", "r2o", "r3o", "r4o"],
-                      dynamic_axes={"src": {2: "height", 3: "width"}, "fgr": {2: "height", 3: "width"},
-                                    "pha": {2: "height", 3: "width"}})
-    return path
-
-
-def export_counting_matte(path):
-    return export_matting(CountingMatte(), path)
 
 
 def test_confidence_rule():
@@ -104,7 +89,7 @@ def test_a_recurrent_teacher_sees_every_frame_and_starts_afresh_for_each_input(t
 
 
 def test_matting_teacher_carries_its_state_and_settles_on_stills(tmp_path):
-    model = export_counting_matte(tmp_path / "rvm.onnx")
+    model = export_matting(CountingMatte(), tmp_path / "rvm.onnx")
     teacher = open_teacher(model, threads=1)
     assert isinstance(teacher, MattingTeacher) and teacher.recurrent
     image = np.zeros((60, 80, 3), np.uint8)
@@ -158,7 +143,7 @@ def test_training_mixes_pools_and_starts_from_weights(tmp_path):
 
 
 def test_a_missing_teacher_or_input_is_one_line_and_exit_1(tmp_path, capsys):
-    model = export_counting_matte(tmp_path / "rvm.onnx")
+    model = export_matting(CountingMatte(), tmp_path / "rvm.onnx")
     for argv, message in ([[str(tmp_path), "--teacher", str(tmp_path / "none.whl")], "no teacher model at"],
                           [[str(tmp_path / "gone"), "--teacher", str(model)], "no such file or folder"]):
         assert label_main([*argv, "--out", str(tmp_path / "out")]) == 1

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from engines.metrics import error_by_distance
-from tests.test_distill import export_matting
+from tests.conftest import export_matting
 
 EVALUATE = "benchmarks/evaluate.py"
 
@@ -44,16 +44,22 @@ def paint_folder(root, count: int = 4) -> None:
 
 
 def test_errors_are_told_apart_by_their_distance_from_the_true_edge():
-    truth = np.zeros((100, 100), bool)
+    truth, known = np.zeros((100, 100), bool), np.ones((100, 100), bool)
     truth[20:60, 20:60] = True
     shifted = np.roll(truth, 2, axis=1)  # 80 false and 80 missed, all at the edge
-    assert error_by_distance(shifted, truth).tolist() == [[80, 80], [0, 0], [0, 0]]
+    assert error_by_distance(shifted, truth, known).tolist() == [[80, 80], [0, 0], [0, 0]]
+    wide = truth.copy()
+    wide[20:60, 60:66] = True  # 240 false, a strip from the edge to 6 pixels beyond it
+    assert error_by_distance(wide, truth, known).tolist() == [[120, 0], [120, 0], [0, 0]]
     blob = shifted.copy()
     blob[80:96, 80:96] = True  # a region 20 pixels away: 256 false, beyond 10 pixels
-    assert error_by_distance(blob, truth).tolist() == [[80, 80], [0, 0], [256, 0]]
+    assert error_by_distance(blob, truth, known).tolist() == [[80, 80], [0, 0], [256, 0]]
     hole = truth.copy()
     hole[35:45, 35:45] = False  # 100 missed in the middle, 15 or more pixels from the edge
-    assert error_by_distance(hole, truth).tolist() == [[0, 0], [0, 0], [0, 100]]
+    assert error_by_distance(hole, truth, known).tolist() == [[0, 0], [0, 0], [0, 100]]
+    known[30:50, 30:50] = False  # unknown pixels count for nothing and make no edge
+    assert error_by_distance(hole, truth, known).tolist() == [[0, 0], [0, 0], [0, 0]]
+    assert error_by_distance(blob, truth, known).tolist() == [[80, 80], [0, 0], [256, 0]]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -74,13 +80,20 @@ def test_a_peer_is_scored_like_our_model_each_image_afresh(tmp_path):
     ours = run("--model", "compact", "--data", str(data), "--json", str(tmp_path / "ours.json"))
     assert ours.returncode == 0, ours.stderr
     report = json.loads((tmp_path / "ours.json").read_text())
-    assert report["model"] == "compact" and report["long_side"] == 256
-    assert report["folders"]["people"]["n"] == 4 and 0 <= report["folders"]["people"]["mean_iou"] <= 100
+    row = report["folders"]["people"]
+    assert report["model"] == "compact" and report["long_side"] == 256 and report["mirror"] is False
+    assert row["n"] == 4 and 0 <= row["mean_iou"] <= 100 and set(row["error_by_distance"]) == {
+        "within_3px", "3_to_10px", "beyond_10px"}
 
 
 def test_peer_arguments_that_cannot_apply_are_one_line_usage_errors(tmp_path):
     data, peer = tmp_path / "people", export_matting(FreshOnly(), tmp_path / "rvm.onnx")
     paint_folder(data, count=1)
-    for extra, message in ((["--mirror"], "rvm.onnx is recurrent"), (["--long-side", "320"], "a --peer sizes its own")):
+    for extra, message in ((["--mirror"], "rvm.onnx is recurrent"),
+                           (["--long-side", "320"], "a --peer sizes its own"),
+                           (["--model", "compact"], "--peer scores a peer instead")):
         done = run("--peer", str(peer), "--data", str(data), *extra)
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    missing = run("--peer", str(tmp_path / "none.onnx"), "--data", str(data))
+    assert missing.returncode == 1 and "no teacher model at" in missing.stderr, missing.stderr
