@@ -86,7 +86,8 @@ def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], wi
     return cv2.cvtColor(np.concatenate(lines, 0), cv2.COLOR_RGB2BGR)
 
 
-# An RGB image → its full-resolution H×W float matte, and the milliseconds the network took.
+# An RGB image → its full-resolution H×W float matte, and the milliseconds that counts as
+# `ms_per_image` (the segmenter alone for our models, the whole call for a peer).
 MatteFunction = Callable[[np.ndarray], tuple[np.ndarray, float]]
 
 
