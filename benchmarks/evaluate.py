@@ -131,6 +131,7 @@ def evaluate(matte_of: MatteFunction, folder: Folder, limit: int | None = None) 
         errors += error_by_distance(predicted, truth, known)
         person += int((truth & known).sum())
         times.append(milliseconds)
+    percent = 100 / max(person, 1)  # of all the folder's person pixels
     row = {
         "folder": str(folder.root),
         "split": folder.split,
@@ -139,8 +140,7 @@ def evaluate(matte_of: MatteFunction, folder: Folder, limit: int | None = None) 
         "median_iou": round(float(np.median(scores)), 2),
         "p10_iou": round(float(np.percentile(scores, 10)), 2),
         "boundary_f": round(float(np.mean(edges)), 2),
-        "error_by_distance": {band: {"false": round(100 * false / max(person, 1), 2),
-                                     "missed": round(100 * missed / max(person, 1), 2)}
+        "error_by_distance": {band: {"false": round(false * percent, 2), "missed": round(missed * percent, 2)}
                               for band, (false, missed) in zip(DISTANCE_BANDS, errors.tolist())},
         "ms_per_image": round(float(np.median(times)), 2),
     }

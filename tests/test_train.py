@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import engines.train
-from engines.data import load_portraits, paste_people
+from engines.data import AugmentSettings, _cast_shadow, _Draw, augment, load_portraits, paste_people
 from engines.tiramisu import Tiramisu, load_weights, save_weights
 from engines.train import TrainSettings, consistency_loss, main, open_model, segmentation_loss
 from tests.conftest import trained_looking
@@ -146,8 +146,6 @@ def test_paste_people_adds_the_other_samples_person_and_keeps_both_labelled():
 def test_cast_shadows_fall_beside_or_below_the_person_and_never_on_it():
     """A standing block of a person in mid-frame: every drawn shadow darkens only pixels
     outside the person, wall shadows beside it, ground shadows below its feet."""
-    from engines.data import AugmentSettings, _cast_shadow, _Draw
-
     person = torch.zeros(64, 1, 64, 48)
     person[:, :, 10:40, 20:28] = 1
     draw = _Draw(64, torch.Generator().manual_seed(0), "cpu")
@@ -164,8 +162,6 @@ def test_a_ground_shadow_is_the_person_flipped_about_the_feet_and_flattened():
     """Every draw at the middle of its range: a ground shadow (chance 0.5 counts as drawn),
     flattened to 0.55, not slanted. The 30-row person's shadow starts at the feet and is
     about 16 rows long, under the person's columns."""
-    from engines.data import AugmentSettings, _cast_shadow, _Draw
-
     class Middle(_Draw):
         def uniform(self, low, high, shape=None):
             return torch.full((self.n,) if shape is None else shape, (low + high) / 2)
@@ -185,8 +181,6 @@ def test_augmentation_with_no_optional_steps_keeps_the_photo_plain():
     """A red person on a flat green photo that fills the frame: with the optional steps' chances
     at 0 every background stays flat and green (only light and colour change); at full chances
     other backgrounds, blur, noise and uneven light come in."""
-    from engines.data import AugmentSettings, augment
-
     images = torch.zeros(32, 3, 64, 48, dtype=torch.uint8)
     images[:, 1] = 200
     masks = torch.zeros(32, 2, 64, 48, dtype=torch.uint8)
@@ -206,8 +200,6 @@ def test_augmentation_with_no_optional_steps_keeps_the_photo_plain():
 
 
 def test_with_chances_leaves_the_kept_steps_as_they_are():
-    from engines.data import AugmentSettings
-
     settings = AugmentSettings().with_chances(0.0, keep=("blur", "noise"))
     assert (settings.blur, settings.noise) == (AugmentSettings.blur, AugmentSettings.noise)
     assert settings.paste == settings.shadow == settings.uneven_light == settings.dark_clothes == 0.0
@@ -216,8 +208,6 @@ def test_with_chances_leaves_the_kept_steps_as_they_are():
 def test_rotation_of_the_augmentation_stays_within_its_bound():
     """A thin upright bar, rotated by the augmentation: its tilt is spread up to the bound
     and never beyond it."""
-    from engines.data import AugmentSettings, augment
-
     images = torch.zeros(64, 3, 96, 96, dtype=torch.uint8)
     masks = torch.zeros(64, 2, 96, 96, dtype=torch.uint8)
     masks[:, 0, 8:88, 46:50] = 255
